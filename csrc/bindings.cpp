@@ -1,0 +1,114 @@
+// The only file that includes pybind11. Thin: build the views, release the GIL, call the kernel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/array.h"
+#include "cpu/distance.h"
+#ifdef REIDFAST_WITH_CUDA
+#include "cuda/distance.h"
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using reidfast::ArrayView;
+using reidfast::DType;
+using reidfast::Metric;
+
+#define REIDFAST_STRINGIFY_(x) #x
+#define REIDFAST_STRINGIFY(x) REIDFAST_STRINGIFY_(x)
+
+namespace {
+
+ArrayView make_view(std::uintptr_t data, int dtype, std::vector<int64_t> shape, std::vector<int64_t> strides,
+                    int device) {
+  reidfast::check(dtype >= 0 && dtype <= static_cast<int>(DType::UInt8), "unknown dtype code " + std::to_string(dtype));
+  reidfast::check(shape.size() == strides.size(), "shape and strides must have the same length");
+  ArrayView view;
+  view.data = reinterpret_cast<void*>(data);
+  view.dtype = static_cast<DType>(dtype);
+  view.shape = std::move(shape);
+  view.strides = std::move(strides);
+  view.device = device;
+  return view;
+}
+
+Metric to_metric(int code) {
+  reidfast::check(code >= 0 && code <= static_cast<int>(Metric::Cosine), "unknown metric code " + std::to_string(code));
+  return static_cast<Metric>(code);
+}
+
+std::string compiler_version() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + REIDFAST_STRINGIFY(__GNUC__) "." REIDFAST_STRINGIFY(__GNUC_MINOR__) "." REIDFAST_STRINGIFY(
+             __GNUC_PATCHLEVEL__);
+#elif defined(_MSC_VER)
+  return std::string("msvc ") + REIDFAST_STRINGIFY(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["compiler"] = compiler_version();
+  info["cxx_standard"] = static_cast<long>(__cplusplus);
+#ifdef _OPENMP
+  info["openmp"] = static_cast<long>(_OPENMP);
+  info["openmp_max_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = py::none();
+#endif
+#ifdef REIDFAST_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_compiler"] = REIDFAST_STRINGIFY(REIDFAST_CUDA_COMPILER_VERSION);
+  info["cuda_architectures"] = REIDFAST_STRINGIFY(REIDFAST_CUDA_ARCHITECTURES);
+  info["cuda_runtime_version"] = reidfast::cuda::runtime_version();
+#else
+  info["cuda"] = false;
+#endif
+  info["build_type"] = REIDFAST_STRINGIFY(REIDFAST_BUILD_TYPE);
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "reidfast native kernels (C++/OpenMP, optional CUDA). Internal: use the reidfast package API.";
+
+  py::class_<ArrayView>(m, "ArrayView")
+      .def(py::init(&make_view), py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
+           py::arg("device"))
+      .def_property_readonly("shape", [](const ArrayView& v) { return v.shape; })
+      .def_property_readonly("strides", [](const ArrayView& v) { return v.strides; })
+      .def_property_readonly("device", [](const ArrayView& v) { return v.device; })
+      .def_property_readonly("dtype", [](const ArrayView& v) { return static_cast<int>(v.dtype); });
+
+  m.def("build_info", &build_info, "Compiler, OpenMP and CUDA versions this module was built with.");
+
+  m.def(
+      "pairwise_distance_cpu",
+      [](const ArrayView& x, const ArrayView& y, const ArrayView& out, int metric) {
+        py::gil_scoped_release release;
+        reidfast::cpu::pairwise_distance(x, y, out, to_metric(metric));
+      },
+      py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"));
+
+#ifdef REIDFAST_WITH_CUDA
+  m.def("cuda_device_count", &reidfast::cuda::device_count);
+  m.def(
+      "pairwise_distance_cuda",
+      [](const ArrayView& x, const ArrayView& y, const ArrayView& out, int metric, std::uintptr_t stream) {
+        py::gil_scoped_release release;
+        reidfast::cuda::pairwise_distance(x, y, out, to_metric(metric), stream);
+      },
+      py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"), py::arg("stream"));
+#endif
+}

@@ -1,0 +1,24 @@
+"""reidfast: fast person re-identification kernels behind a small PyTorch-friendly API.
+
+    import reidfast as rf
+    d = rf.pairwise_distance(x, y, metric="euclidean")   # (N, D), (M, D) -> (N, M)
+    print(rf.backends())                                 # what is built and usable, and why not
+    with rf.use_backend("reference"): ...                # force one backend
+"""
+from __future__ import annotations
+
+from ._dispatch import BackendInfo, BackendUnavailableError, backends, use_backend
+from ._native import build_info
+from .ops.distance import pairwise_distance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "BackendUnavailableError",
+    "__version__",
+    "backends",
+    "build_info",
+    "pairwise_distance",
+    "use_backend",
+]

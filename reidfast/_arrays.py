@@ -1,0 +1,76 @@
+"""The array boundary: torch, numpy and cupy in; results out as the caller's type, on the caller's device.
+
+Inputs are converted once, without copies where the memory allows it (numpy via torch.from_numpy, cupy and
+other DLPack / __cuda_array_interface__ producers via torch.from_dlpack / torch.as_tensor). Other array
+producers are accepted and answered with torch tensors; Python sequences become numpy arrays.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+TORCH, NUMPY, CUPY = "torch", "numpy", "cupy"
+
+
+def _numpy_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
+    if array.dtype.kind in "fiub":
+        if not array.dtype.isnative or any(s < 0 or s % array.itemsize for s in array.strides):
+            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+        with warnings.catch_warnings():  # read-only arrays: we never write to inputs
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(array)
+    raise ValueError(f"{name}: unsupported numpy dtype {array.dtype}; expected a numeric array")
+
+
+def as_tensor(array: Any, name: str) -> tuple[torch.Tensor, str]:
+    """(tensor sharing memory with `array` where possible, the caller's array library)."""
+    if isinstance(array, torch.Tensor):
+        return array, TORCH
+    if isinstance(array, np.ndarray):
+        return _numpy_to_tensor(array, name), NUMPY
+    module = type(array).__module__.split(".")[0]
+    if module == "cupy":
+        return torch.from_dlpack(array), CUPY
+    if hasattr(array, "__dlpack__"):
+        return torch.from_dlpack(array), TORCH
+    if hasattr(array, "__cuda_array_interface__"):
+        return torch.as_tensor(array, device="cuda"), TORCH
+    if isinstance(array, (list, tuple)) or np.isscalar(array) or hasattr(array, "__array__"):
+        return _numpy_to_tensor(np.asarray(array), name), NUMPY
+    raise ValueError(
+        f"{name}: expected a torch tensor, numpy array or cupy array, got {type(array).__module__}.{type(array).__name__}"
+    )
+
+
+def to_caller(tensor: torch.Tensor, library: str) -> Any:
+    """Return `tensor` as `library`'s array type (numpy results live on the host, cupy on the GPU)."""
+    if library == NUMPY:
+        return tensor.detach().cpu().numpy()
+    if library == CUPY:
+        import cupy
+
+        return cupy.from_dlpack(tensor.detach())
+    return tensor
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
+    """The one device all given tensors live on; ValueError naming the odd one out otherwise."""
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, tensor in named[1:]:
+        if tensor.device != first.device:
+            raise ValueError(
+                f"{name}: expected the same device as {first_name} ({first.device}), got {tensor.device}; "
+                "move both to one device"
+            )
+    return first.device
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    """ValueError if `tensor` holds NaN or Inf (synchronises on CUDA)."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{name}: contains {bad} NaN/Inf value(s); clean the features or pass allow_nonfinite=True")

@@ -1,0 +1,1 @@
+"""Kernel launchers. Triton kernels live in reidfast.kernels.triton and are imported lazily."""

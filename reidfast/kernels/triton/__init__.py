@@ -1,0 +1,1 @@
+"""Triton kernels (optional dependency; import a submodule only after checking reidfast.backends())."""

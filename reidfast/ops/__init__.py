@@ -1,0 +1,1 @@
+"""One module per public op: argument checks, array conversion, backend dispatch, autograd."""

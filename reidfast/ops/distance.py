@@ -1,0 +1,146 @@
+"""Pairwise distance: argument checks, array conversion, backend dispatch and autograd."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import _native
+from .._arrays import as_tensor, check_finite, check_same_device, to_caller
+from .._dispatch import Op
+from ..reference import distance as reference
+
+PAIRWISE_DISTANCE = Op("pairwise_distance")
+
+
+def _output_dtype(dtype: torch.dtype) -> torch.dtype:
+    return reference.accumulation_dtype(dtype)
+
+
+def _unit_inner_stride(t: torch.Tensor) -> torch.Tensor:
+    """The kernels read rows with any stride but features contiguously."""
+    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+
+
+@PAIRWISE_DISTANCE.register("reference")
+def _pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    return reference.pairwise_distance(x, y, metric)
+
+
+@PAIRWISE_DISTANCE.register("cpu")
+def _pairwise_distance_cpu(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    dtype = _output_dtype(x.dtype)  # the C++ kernel computes in float32 or float64
+    x, y = _unit_inner_stride(x.to(dtype)), _unit_inner_stride(y.to(dtype))
+    out = torch.empty((x.shape[0], y.shape[0]), dtype=dtype)
+    _native._C.pairwise_distance_cpu(_native.view(x), _native.view(y), _native.view(out), _native.METRIC_CODES[metric])
+    return out
+
+
+@PAIRWISE_DISTANCE.register("cuda")
+def _pairwise_distance_cuda(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    x, y = _unit_inner_stride(x), _unit_inner_stride(y)
+    out = torch.empty((x.shape[0], y.shape[0]), dtype=_output_dtype(x.dtype), device=x.device)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    _native._C.pairwise_distance_cuda(
+        _native.view(x), _native.view(y), _native.view(out), _native.METRIC_CODES[metric], stream
+    )
+    return out
+
+
+@PAIRWISE_DISTANCE.register("triton")
+def _pairwise_distance_triton(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    from ..kernels.triton import distance as triton_distance
+
+    return triton_distance.pairwise_distance(_unit_inner_stride(x), _unit_inner_stride(y), metric)
+
+
+@torch.library.custom_op("reidfast::pairwise_distance", mutates_args=())
+def _pairwise_distance_op(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    _, implementation = PAIRWISE_DISTANCE.select(x.device)
+    return implementation(x, y, metric)
+
+
+@_pairwise_distance_op.register_fake
+def _(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    return x.new_empty((x.shape[0], y.shape[0]), dtype=_output_dtype(x.dtype))
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, y, metric = inputs
+    ctx.save_for_backward(x, y, output)
+    ctx.metric = metric
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    """Closed-form gradients (two GEMMs), in the output's precision, cast back to the input dtype."""
+    x_in, y_in, out = ctx.saved_tensors
+    x, y, grad = x_in.to(out.dtype), y_in.to(out.dtype), grad.to(out.dtype)
+    if ctx.metric == "cosine":
+        x_len = x.norm(dim=1, keepdim=True)
+        y_len = y.norm(dim=1, keepdim=True)
+        x_hat = x / x_len.clamp_min(reference.COSINE_EPS)
+        y_hat = y / y_len.clamp_min(reference.COSINE_EPS)
+        grad_x = _normalize_backward(-(grad @ y_hat), x_hat, x_len)
+        grad_y = _normalize_backward(-(grad.T @ x_hat), y_hat, y_len)
+    else:
+        if ctx.metric == "euclidean":
+            clamped = torch.tensor(reference.EUCLIDEAN_CLAMP, dtype=out.dtype).sqrt()
+            grad = torch.where(out > clamped, grad / (2.0 * out), torch.zeros_like(grad))
+        # d/dx of |x|^2 + |y|^2 - 2 x.y
+        grad_x = 2.0 * (grad.sum(1, keepdim=True) * x - grad @ y)
+        grad_y = 2.0 * (grad.sum(0)[:, None] * y - grad.T @ x)
+    return grad_x.to(x_in.dtype), grad_y.to(y_in.dtype), None
+
+
+def _normalize_backward(grad_hat: torch.Tensor, x_hat: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """Gradient through x_hat = x / max(|x|, eps)."""
+    eps = reference.COSINE_EPS
+    projected = (grad_hat - x_hat * (x_hat * grad_hat).sum(1, keepdim=True)) / length.clamp_min(eps)
+    return torch.where(length > eps, projected, grad_hat / eps)
+
+
+_pairwise_distance_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_features(x: torch.Tensor, name: str, allow_nonfinite: bool) -> None:
+    """2-D floating features with at least one row and one column, finite unless allowed."""
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D (num_rows, num_features) array, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one row and one feature, got shape {tuple(x.shape)}")
+    if not allow_nonfinite:
+        check_finite(x, name)
+
+
+def prepare_pair(x: Any, y: Any, allow_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Convert and validate a (queries, candidates) pair; y=None means x. Returns (x, y, caller library)."""
+    x_t, library = as_tensor(x, "x")
+    check_features(x_t, "x", allow_nonfinite)
+    if y is None:
+        return x_t, x_t, library
+    y_t, _ = as_tensor(y, "y")
+    check_features(y_t, "y", allow_nonfinite)
+    check_same_device(x=x_t, y=y_t)
+    if x_t.shape[1] != y_t.shape[1]:
+        raise ValueError(f"y: expected {x_t.shape[1]} features per row to match x, got shape {tuple(y_t.shape)}")
+    if x_t.dtype != y_t.dtype:
+        common = torch.promote_types(x_t.dtype, y_t.dtype)
+        x_t, y_t = x_t.to(common), y_t.to(common)
+    return x_t, y_t, library
+
+
+def pairwise_distance(x: Any, y: Any = None, metric: str = "euclidean", *, allow_nonfinite: bool = False) -> Any:
+    """Distances between the rows of x (N, D) and y (M, D) -> (N, M); y=None scores x against itself.
+
+    metric: "euclidean" sqrt(max(|x|^2+|y|^2-2x.y, 1e-12)), "sqeuclidean", or "cosine" 1 - x_hat.y_hat
+    (a zero vector is at distance 1 from everything). Inputs: torch (CPU/CUDA), numpy or cupy arrays of
+    float32/float16/bfloat16/float64, returned as the caller's type; values are float32 (float64 for float64
+    inputs), accumulated in float32. Differentiable for torch inputs. NaN/Inf features raise ValueError
+    unless allow_nonfinite=True.
+    """
+    if metric not in reference.METRICS:
+        raise ValueError(f"metric: expected one of {reference.METRICS}, got {metric!r}")
+    x_t, y_t, library = prepare_pair(x, y, allow_nonfinite)
+    return to_caller(_pairwise_distance_op(x_t, y_t, metric), library)
