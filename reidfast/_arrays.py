@@ -70,7 +70,9 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:
-    """ValueError if `tensor` holds NaN or Inf (synchronises on CUDA)."""
+    """ValueError if `tensor` holds NaN or Inf (synchronises on CUDA; skipped while torch.compile traces)."""
+    if torch.compiler.is_compiling():
+        return
     if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name}: contains {bad} NaN/Inf value(s); clean the features or pass allow_nonfinite=True")

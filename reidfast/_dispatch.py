@@ -120,9 +120,9 @@ def backends() -> BackendReport:
     return BackendReport((info.name, info) for info in (_cuda_info(), _triton_info(), _cpu_info(), reference))
 
 
-def _check_name(name: str, origin: str) -> str:
+def _check_name(name: str, origin: str, allow_auto: bool = False) -> str:
     name = name.strip().lower()
-    if name not in BACKEND_NAMES:
+    if name not in BACKEND_NAMES and not (allow_auto and name == "auto"):
         raise ValueError(f"{origin}: unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)} or 'auto'")
     return name
 
@@ -142,7 +142,7 @@ def use_backend(name: str | None) -> Iterator[None]:
 
     Raises BackendUnavailableError at once if that backend is not usable on this machine.
     """
-    name = "auto" if name is None else _check_name(str(name), "use_backend")
+    name = "auto" if name is None else _check_name(str(name), "use_backend", allow_auto=True)
     if name != "auto":
         info = backends()[name]
         if not info.available:

@@ -1,0 +1,35 @@
+"""Shared test fixtures: the device list and the backends usable on each device.
+
+Triton kernels run on CPU tensors under TRITON_INTERPRET=1, which must be set before any kernel module is
+imported; on a machine without CUDA the whole test session sets it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import reidfast  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backends_for(device: str, implemented: tuple[str, ...] = ("cuda", "triton", "cpu")) -> list[str]:
+    """Fast backends that are usable on `device` (the reference is what they are compared against)."""
+    report = reidfast.backends()
+    return [name for name in implemented if report[name].available and device in report[name].devices]
+
+
+def device_backend_params(implemented: tuple[str, ...] = ("cuda", "triton", "cpu")) -> list:
+    """pytest params (device, backend) for every fast backend usable here, e.g. cpu-cpu, cpu-triton, cuda-cuda."""
+    params = [
+        pytest.param(device, name, id=f"{device}-{name}", marks=[pytest.mark.triton] if name == "triton" else [])
+        for device in DEVICES
+        for name in backends_for(device, implemented)
+    ]
+    return params or [pytest.param("cpu", "none", id="no-fast-backend", marks=pytest.mark.skip(reason="no fast backend built"))]
