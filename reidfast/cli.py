@@ -7,6 +7,13 @@ import sys
 from typing import Sequence
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def _info(_: argparse.Namespace) -> int:
     import torch
 
@@ -23,13 +30,31 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reidfast.demo import run_demo
+
+    run_demo(seed=args.seed, num_ids=args.ids, out=Path(args.out) if args.out else None, overwrite=args.overwrite)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reidfast", description="Fast person re-identification kernels and tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="version, backends (what is built and usable, and why not), build facts")
     info.set_defaults(run=_info)
+    demo = commands.add_parser("demo", help="rank, evaluate and re-rank a synthetic re-ID embedding set")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
+    demo.add_argument("--ids", type=_positive_int, default=300, help="number of identities (default 300)")
+    demo.add_argument("--out", help="write the metrics as JSON to this file")
+    demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"reidfast {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Benchmark fixtures: providers per device, and one-shot peak-memory measurement.
+
+Each benchmark records in `benchmark.extra_info`: op, provider, device (with GPU name), shape and
+peak_memory_bytes. `python benchmarks/report.py RESULTS.json` turns a `--benchmark-json` file into
+ratio tables against the reference measured in the same run.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from typing import Callable
+
+import pytest
+import torch
+
+import reidfast
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def device_label(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_bytes(function: Callable[[], object], device: str) -> int:
+    """Extra memory one call of `function` needs at its peak, beyond what was allocated before it.
+
+    CUDA: torch's allocator peak. CPU: resident set size sampled every 0.2 ms by a thread (large buffers
+    are mmap'ed and returned on free, so the sampled RSS follows them); its resolution is a page.
+    """
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = function()
+        torch.cuda.synchronize()
+        del result
+        return torch.cuda.max_memory_allocated() - before
+    before = _rss_bytes()
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = function()
+        peak = max(peak, _rss_bytes())
+    finally:
+        done.set()
+        sampler.join()
+    del result
+    return max(0, peak - before)
+
+
+@pytest.fixture
+def run_benchmark(benchmark):
+    """run_benchmark(op, provider, device, shape, function): memory once, then pytest-benchmark timing."""
+
+    def run(op: str, provider: str, device: str, shape: str, function: Callable[[], object]) -> object:
+        def call() -> object:
+            out = function()
+            synchronize(device)
+            return out
+
+        call()  # warm-up: compilation, autotuning, allocator caches
+        benchmark.extra_info.update(
+            op=op, provider=provider, device=device_label(device), shape=shape,
+            peak_memory_bytes=peak_memory_bytes(call, device),
+        )
+        return benchmark.pedantic(call, rounds=_rounds(), iterations=1, warmup_rounds=1)
+
+    return run
+
+
+def _rounds() -> int:
+    return int(os.environ.get("REIDFAST_BENCH_ROUNDS", "5"))
+
+
+def fast_backends(device: str) -> list[str]:
+    report = reidfast.backends()
+    return [n for n in ("cuda", "triton", "cpu") if report[n].available and device in report[n].devices]

@@ -1,0 +1,51 @@
+"""Pairwise distance: every usable backend vs the reference (addmm formula), torch.cdist and a bare x @ y.T.
+
+    python -m pytest benchmarks/test_bench_distance.py --benchmark-json=bench.json
+    python benchmarks/report.py bench.json
+
+Sizes: REIDFAST_BENCH_SIZES="N,M,D;N,M,D" (default: a CPU-sized sweep, or the GPU sweep on CUDA).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import reidfast
+from conftest import DEVICES, fast_backends
+
+DEFAULT_SIZES = {"cpu": "2048,2048,256;4096,4096,256;2048,2048,2048", "cuda": "8192,8192,2048;16384,16384,2048"}
+
+
+def _sizes(device: str) -> list[tuple[int, int, int]]:
+    spec = os.environ.get("REIDFAST_BENCH_SIZES", DEFAULT_SIZES[device])
+    return [tuple(int(v) for v in item.split(",")) for item in spec.split(";") if item.strip()]
+
+
+def _cases():
+    for device in DEVICES:
+        providers = fast_backends(device) + ["reference", "torch.cdist", "matmul"]
+        if device == "cpu" and "triton" in providers:
+            providers.remove("triton")  # the interpreter is a correctness tool, not a fast path
+        for size in _sizes(device):
+            for dtype in (torch.float32,) + ((torch.float16,) if device == "cuda" else ()):
+                for provider in providers:
+                    yield pytest.param(device, size, dtype, provider, id=f"{device}-{'x'.join(map(str, size))}-{str(dtype)[6:]}-{provider}")
+
+
+@pytest.mark.parametrize("device,size,dtype,provider", list(_cases()))
+def test_pairwise_distance(run_benchmark, device, size, dtype, provider):
+    n, m, dim = size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, dim, generator=generator).to(device=device, dtype=dtype)
+    y = torch.randn(m, dim, generator=generator).to(device=device, dtype=dtype)
+    if provider == "torch.cdist":
+        function = lambda: torch.cdist(x.float(), y.float())  # noqa: E731
+    elif provider == "matmul":  # the floor: the product alone, no norms, no epilogue
+        function = lambda: x @ y.T  # noqa: E731
+    else:
+        def function():
+            with reidfast.use_backend(provider):
+                return reidfast.pairwise_distance(x, y, metric="euclidean")
+    run_benchmark("pairwise_distance[euclidean]", provider, device, f"{n}x{m}x{dim} {str(dtype)[6:]}", function)
