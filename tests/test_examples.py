@@ -1,0 +1,33 @@
+"""The example scripts run as a user would run them."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from reidfast.demo import synthetic_embeddings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_rerank_features_from_a_saved_file(tmp_path):
+    query, gallery = synthetic_embeddings(num_ids=60, num_distractors=50, seed=1)
+    path = tmp_path / "features.npz"
+    np.savez(path, query_features=query.features, gallery_features=gallery.features, query_pids=query.pids,
+             gallery_pids=gallery.pids, query_camids=query.camids, gallery_camids=gallery.camids)
+    result = subprocess.run([sys.executable, str(EXAMPLES / "rerank_features.py"), str(path), "--k1", "10"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].strip().startswith("plain:") and lines[1].strip().startswith("re-ranked:")
+    assert "queries)" in lines[0] and "mAP" in lines[1]
+
+
+def test_rerank_features_reports_missing_arrays(tmp_path):
+    path = tmp_path / "partial.npz"
+    np.savez(path, query_features=np.zeros((2, 3), np.float32))
+    result = subprocess.run([sys.executable, str(EXAMPLES / "rerank_features.py"), str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "missing arrays" in result.stderr
