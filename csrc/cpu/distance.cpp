@@ -97,7 +97,7 @@ void pairwise_distance(const ArrayView& x, const ArrayView& y, const ArrayView& 
     fail(why.str());
   }
   check(out.dtype == x.dtype, std::string("out: expected dtype ") + dtype_name(x.dtype));
-  check(out.size(0) == x.size(0) && out.size(1) == y.size(0) && (y.size(0) <= 1 || out.stride(0) == y.size(0)),
+  check(out.size(0) == x.size(0) && out.size(1) == y.size(0) && (x.size(0) <= 1 || out.stride(0) == y.size(0)),
         "out: expected a contiguous (N, M) array");
   if (x.dtype == DType::Float32) {
     pairwise_distance_typed<float>(x, y, out, metric);

@@ -1,0 +1,392 @@
+// Pairwise distance on the GPU: one tiled shared-memory kernel computes the dot products, the squared row
+// norms and the metric epilogue in a single pass, with no temporary device memory.
+//
+// Work split
+//   Each block owns a kTileRows x kTileCols (64 x 64) tile of `out`: rows of x [row0, row0 + 64) against
+//   rows of y [col0, col0 + 64). It walks the feature axis in steps of kTileDepth (16): every step the
+//   block stages a 64 x 16 slab of x and of y in shared memory, converted to the accumulation type, and
+//   every thread adds those 16 features to its 4 x 4 micro-tile of dot products held in registers.
+//
+//   256 threads = 16 x 16. Thread (thread_row, thread_col) = (tid / 16, tid % 16) owns out rows
+//   row0 + thread_row * 4 + [0, 4) and out columns col0 + thread_col * 4 + [0, 4).
+//
+// Shared-memory layout
+//   x_tile[k][r] holds x[row0 + r][k0 + k] (feature-major, i.e. transposed), so a thread's 4 rows for one
+//   feature are 4 consecutive words: one 16-byte load (likewise y_tile for its 4 columns). A warp spans 2
+//   thread_rows and all 16 thread_cols, so its x_tile read is 2 broadcast addresses and its y_tile read is
+//   256 contiguous bytes: no bank conflicts. Rows are padded from 64 to 68 words: the global->shared copy
+//   writes x_tile[k][r] with k varying fastest across a warp, which with a 64-word pitch would put all 16
+//   features of a row in one bank (16-way conflict); with 68 (= 4 mod 32, still a multiple of 4 words so
+//   the 16-byte reads stay aligned) it is 2-way.
+//
+// Global loads
+//   The 64 x 16 slab is 1024 elements, 4 per thread: element e = tid + 256 * i is row e / 16, feature
+//   e % 16, so a warp reads 2 rows x 16 consecutive features (coalesced; the feature axis has unit stride,
+//   rows may have any stride). Out-of-range rows and features are staged as zeros, which add nothing to
+//   dot products or norms, so sizes need not be multiples of the tile. The next slab is fetched into
+//   registers (raw input type) while the current one is multiplied, hiding global latency with a single
+//   shared buffer.
+//
+// Norms
+//   Threads 0..63 accumulate |x_r|^2 for the block's 64 x rows, threads 64..127 |y_c|^2 for its 64 y rows,
+//   from the same staged slabs, with the same fused multiply-adds in the same feature order as the dot
+//   products. So when a row of x equals a row of y, |x|^2 + |y|^2 - 2 x.y is exactly 0 (the self-distance
+//   is exactly sqrt(1e-12) for euclidean, 0 for sqeuclidean) rather than rounding noise.
+//
+// Precision: float32 accumulation for float32/float16/bfloat16 inputs, float64 for float64 (DESIGN.md).
+#include "distance.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "cuda_check.h"
+
+namespace reidfast {
+namespace cuda {
+namespace {
+
+constexpr int kTileRows = 64;   // rows of x (out rows) per block
+constexpr int kTileCols = 64;   // rows of y (out columns) per block
+constexpr int kTileDepth = 16;  // features staged per step
+constexpr int kMicroRows = 4;   // out rows per thread
+constexpr int kMicroCols = 4;   // out columns per thread
+constexpr int kThreadsAlongRows = kTileRows / kMicroRows;  // 16
+constexpr int kThreadsAlongCols = kTileCols / kMicroCols;  // 16
+constexpr int kThreads = kThreadsAlongRows * kThreadsAlongCols;  // 256
+constexpr int kSharedPitch = kTileRows + 4;  // padded row of a staged slab, see the header comment
+constexpr int kLoadsPerThread = kTileRows * kTileDepth / kThreads;  // 4
+
+static_assert(kTileRows == kTileCols, "the staging code loads x and y slabs with the same index map");
+static_assert(kTileRows * kTileDepth % kThreads == 0, "every thread stages the same number of elements");
+static_assert(kThreads % kTileDepth == 0, "a thread's staged elements share one feature index");
+static_assert(kSharedPitch % 4 == 0, "16-byte fragment reads need a pitch that is a multiple of 4 words");
+static_assert(kTileRows <= kThreads / 2, "threads [0, 2 * kTileRows) accumulate the norms");
+
+// ---- element conversions ------------------------------------------------------------------------------
+
+__device__ __forceinline__ float widen(float value) { return value; }
+__device__ __forceinline__ double widen(double value) { return value; }
+__device__ __forceinline__ float widen(__half value) { return __half2float(value); }
+__device__ __forceinline__ float widen(__nv_bfloat16 value) { return __bfloat162float(value); }
+
+template <typename T>
+__device__ __forceinline__ T zero_of();
+template <>
+__device__ __forceinline__ float zero_of<float>() { return 0.0f; }
+template <>
+__device__ __forceinline__ double zero_of<double>() { return 0.0; }
+template <>
+__device__ __forceinline__ __half zero_of<__half>() { return __float2half_rn(0.0f); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 zero_of<__nv_bfloat16>() { return __float2bfloat16_rn(0.0f); }
+
+// Explicit fused multiply-adds: the dot products and the norms must round identically (see "Norms").
+__device__ __forceinline__ float multiply_add(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double multiply_add(double a, double b, double c) { return fma(a, b, c); }
+
+__device__ __forceinline__ float square_root(float value) { return sqrtf(value); }
+__device__ __forceinline__ double square_root(double value) { return sqrt(value); }
+
+// max(value, floor) that lets NaN through, like torch.clamp_min (fmax would replace NaN by floor).
+template <typename T>
+__device__ __forceinline__ T clamp_min(T value, T floor) {
+  return value < floor ? floor : value;
+}
+
+// Four consecutive staged values starting at a 16-byte aligned address.
+__device__ __forceinline__ void load_fragment(const float* source, float (&fragment)[4]) {
+  const float4 packed = *reinterpret_cast<const float4*>(source);
+  fragment[0] = packed.x;
+  fragment[1] = packed.y;
+  fragment[2] = packed.z;
+  fragment[3] = packed.w;
+}
+__device__ __forceinline__ void load_fragment(const double* source, double (&fragment)[4]) {
+  const double2 low = *reinterpret_cast<const double2*>(source);
+  const double2 high = *reinterpret_cast<const double2*>(source + 2);
+  fragment[0] = low.x;
+  fragment[1] = low.y;
+  fragment[2] = high.x;
+  fragment[3] = high.y;
+}
+
+// What the epilogue needs per row: the squared norm for the euclidean metrics; for cosine the inverse
+// clamped norm 1 / max(|x|, eps), computed once per row so that each output costs a multiply, not a divide.
+template <typename AccT>
+__device__ __forceinline__ AccT row_factor(AccT squared_norm, Metric metric) {
+  if (metric != Metric::Cosine) return squared_norm;
+  return AccT(1) / clamp_min(square_root(squared_norm), static_cast<AccT>(kCosineEps));
+}
+
+template <typename AccT>
+__device__ __forceinline__ AccT finish_distance(AccT dot, AccT x_factor, AccT y_factor, Metric metric) {
+  if (metric == Metric::Cosine) return AccT(1) - dot * x_factor * y_factor;  // factors are inverse norms
+  const AccT squared = x_factor + y_factor - AccT(2) * dot;                  // factors are squared norms
+  if (metric == Metric::SqEuclidean) return clamp_min(squared, AccT(0));
+  return square_root(clamp_min(squared, static_cast<AccT>(kEuclideanClamp)));
+}
+
+// Fetches this thread's kLoadsPerThread elements of the kTileRows x kTileDepth slab of `matrix` that starts
+// at (first_row, first_feature); out-of-range elements become zero.
+template <typename InT>
+__device__ __forceinline__ void fetch_slab(const InT* __restrict__ matrix, int64_t rows, int64_t features,
+                                           int64_t row_stride, int64_t first_row, int64_t first_feature,
+                                           InT (&staged)[kLoadsPerThread]) {
+  const int feature_in_slab = threadIdx.x % kTileDepth;  // the same for all i: kThreads % kTileDepth == 0
+  const int64_t feature = first_feature + feature_in_slab;
+#pragma unroll
+  for (int i = 0; i < kLoadsPerThread; ++i) {
+    const int row_in_slab = (threadIdx.x + i * kThreads) / kTileDepth;
+    const int64_t row = first_row + row_in_slab;
+    staged[i] = (row < rows && feature < features) ? matrix[row * row_stride + feature] : zero_of<InT>();
+  }
+}
+
+// Writes the fetched elements, widened, into the transposed shared slab: slab[feature][row].
+template <typename InT, typename AccT>
+__device__ __forceinline__ void store_slab(const InT (&staged)[kLoadsPerThread],
+                                           AccT (*slab)[kSharedPitch]) {
+  const int feature_in_slab = threadIdx.x % kTileDepth;
+#pragma unroll
+  for (int i = 0; i < kLoadsPerThread; ++i) {
+    const int row_in_slab = (threadIdx.x + i * kThreads) / kTileDepth;
+    slab[feature_in_slab][row_in_slab] = widen(staged[i]);
+  }
+}
+
+// out[i][j] = metric(x[i], y[j]) for a kTileRows x kTileCols tile per block; a 1-D grid of
+// row_tiles * col_tiles blocks, tile (blockIdx.x / col_tiles, blockIdx.x % col_tiles).
+template <typename InT, typename AccT>
+__global__ void __launch_bounds__(kThreads)
+    pairwise_distance_kernel(const InT* __restrict__ x, const InT* __restrict__ y, AccT* __restrict__ out,
+                             int64_t x_rows, int64_t y_rows, int64_t features, int64_t x_row_stride,
+                             int64_t y_row_stride, int col_tiles, Metric metric) {
+  __shared__ __align__(16) AccT x_slab[kTileDepth][kSharedPitch];
+  __shared__ __align__(16) AccT y_slab[kTileDepth][kSharedPitch];
+  __shared__ AccT x_factors[kTileRows];  // per-row epilogue inputs, see row_factor()
+  __shared__ AccT y_factors[kTileCols];
+
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x / col_tiles) * kTileRows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x % col_tiles) * kTileCols;
+  const int thread_row = threadIdx.x / kThreadsAlongCols;
+  const int thread_col = threadIdx.x % kThreadsAlongCols;
+
+  // Which row norm this thread accumulates, if any: threads [0, 64) x rows, [64, 128) y rows.
+  const bool owns_x_norm = threadIdx.x < kTileRows;
+  const bool owns_y_norm = !owns_x_norm && threadIdx.x < kTileRows + kTileCols;
+  const int norm_index = owns_x_norm ? threadIdx.x : threadIdx.x - kTileRows;
+  AccT norm = AccT(0);
+
+  AccT dots[kMicroRows][kMicroCols];
+#pragma unroll
+  for (int i = 0; i < kMicroRows; ++i) {
+#pragma unroll
+    for (int j = 0; j < kMicroCols; ++j) dots[i][j] = AccT(0);
+  }
+
+  InT x_staged[kLoadsPerThread];
+  InT y_staged[kLoadsPerThread];
+  fetch_slab(x, x_rows, features, x_row_stride, row0, 0, x_staged);
+  fetch_slab(y, y_rows, features, y_row_stride, col0, 0, y_staged);
+
+  for (int64_t first_feature = 0; first_feature < features; first_feature += kTileDepth) {
+    store_slab(x_staged, x_slab);
+    store_slab(y_staged, y_slab);
+    __syncthreads();
+
+    // Prefetch the next slab into registers; the loads complete while this slab is multiplied.
+    const int64_t next_feature = first_feature + kTileDepth;
+    if (next_feature < features) {
+      fetch_slab(x, x_rows, features, x_row_stride, row0, next_feature, x_staged);
+      fetch_slab(y, y_rows, features, y_row_stride, col0, next_feature, y_staged);
+    }
+
+    if (owns_x_norm || owns_y_norm) {
+      const AccT (*own_slab)[kSharedPitch] = owns_x_norm ? x_slab : y_slab;
+#pragma unroll
+      for (int k = 0; k < kTileDepth; ++k) {
+        const AccT value = own_slab[k][norm_index];
+        norm = multiply_add(value, value, norm);
+      }
+    }
+
+#pragma unroll
+    for (int k = 0; k < kTileDepth; ++k) {
+      AccT x_fragment[kMicroRows];
+      AccT y_fragment[kMicroCols];
+      load_fragment(&x_slab[k][thread_row * kMicroRows], x_fragment);
+      load_fragment(&y_slab[k][thread_col * kMicroCols], y_fragment);
+#pragma unroll
+      for (int i = 0; i < kMicroRows; ++i) {
+#pragma unroll
+        for (int j = 0; j < kMicroCols; ++j) dots[i][j] = multiply_add(x_fragment[i], y_fragment[j], dots[i][j]);
+      }
+    }
+    __syncthreads();  // the next iteration overwrites the slabs
+  }
+
+  // Epilogue: publish the per-row factors, then each thread finishes its micro-tile.
+  if (owns_x_norm) x_factors[norm_index] = row_factor(norm, metric);
+  if (owns_y_norm) y_factors[norm_index] = row_factor(norm, metric);
+  __syncthreads();
+
+  AccT col_factors[kMicroCols];
+#pragma unroll
+  for (int j = 0; j < kMicroCols; ++j) col_factors[j] = y_factors[thread_col * kMicroCols + j];
+
+#pragma unroll
+  for (int i = 0; i < kMicroRows; ++i) {
+    const int64_t row = row0 + thread_row * kMicroRows + i;
+    if (row >= x_rows) break;  // rows only increase with i
+    const AccT row_factor_i = x_factors[thread_row * kMicroRows + i];
+    AccT* out_row = out + row * y_rows;
+#pragma unroll
+    for (int j = 0; j < kMicroCols; ++j) {
+      const int64_t col = col0 + thread_col * kMicroCols + j;
+      if (col < y_rows) out_row[col] = finish_distance(dots[i][j], row_factor_i, col_factors[j], metric);
+    }
+  }
+}
+
+int64_t ceil_div(int64_t numerator, int64_t denominator) { return (numerator + denominator - 1) / denominator; }
+
+template <typename InT, typename AccT>
+void launch_pairwise_distance(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric,
+                              cudaStream_t stream) {
+  const int64_t x_rows = x.size(0), y_rows = y.size(0), features = x.size(1);
+  const int64_t row_tiles = ceil_div(x_rows, kTileRows);
+  const int64_t col_tiles = ceil_div(y_rows, kTileCols);
+  if (col_tiles > INT_MAX / row_tiles) {
+    std::ostringstream why;
+    why << "pairwise_distance: a (" << x_rows << ", " << y_rows << ") output needs " << row_tiles << " x "
+        << col_tiles << " tiles, more than one CUDA launch can cover (" << INT_MAX << "); split x";
+    fail(why.str());
+  }
+  const unsigned int blocks = static_cast<unsigned int>(row_tiles * col_tiles);
+  pairwise_distance_kernel<InT, AccT><<<blocks, kThreads, 0, stream>>>(
+      x.ptr<const InT>(), y.ptr<const InT>(), out.ptr<AccT>(), x_rows, y_rows, features, x.stride(0), y.stride(0),
+      static_cast<int>(col_tiles), metric);
+  REIDFAST_CUDA_CHECK(cudaGetLastError());
+}
+
+// Makes `device` current for the guard's lifetime and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    REIDFAST_CUDA_CHECK(cudaGetDevice(&previous_device_));
+    if (previous_device_ != device) {
+      REIDFAST_CUDA_CHECK(cudaSetDevice(device));
+      switched_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(previous_device_);  // best effort: a destructor must not throw
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_device_ = 0;
+  bool switched_ = false;
+};
+
+bool is_floating(DType dtype) {
+  return dtype == DType::Float32 || dtype == DType::Float64 || dtype == DType::Float16 || dtype == DType::BFloat16;
+}
+
+// All argument checks, before any CUDA call (so they also run, and fail clearly, without a GPU).
+void validate(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric) {
+  check_matrix(x, "x", /*want_cuda=*/true);
+  check_matrix(y, "y", /*want_cuda=*/true);
+  check_matrix(out, "out", /*want_cuda=*/true);
+  std::ostringstream why;
+  if (!is_floating(x.dtype)) {
+    why << "x: expected float32, float64, float16 or bfloat16, got " << dtype_name(x.dtype);
+    fail(why.str());
+  }
+  if (y.dtype != x.dtype) {
+    why << "y: expected dtype " << dtype_name(x.dtype) << " to match x, got " << dtype_name(y.dtype);
+    fail(why.str());
+  }
+  if (y.size(1) != x.size(1)) {
+    why << "y: expected " << x.size(1) << " features per row to match x, got " << y.size(1);
+    fail(why.str());
+  }
+  const DType out_dtype = x.dtype == DType::Float64 ? DType::Float64 : DType::Float32;
+  if (out.dtype != out_dtype) {
+    why << "out: expected dtype " << dtype_name(out_dtype) << " for " << dtype_name(x.dtype) << " inputs, got "
+        << dtype_name(out.dtype);
+    fail(why.str());
+  }
+  if (out.size(0) != x.size(0) || out.size(1) != y.size(0)) {
+    why << "out: expected shape (" << x.size(0) << ", " << y.size(0) << "), got (" << out.size(0) << ", "
+        << out.size(1) << ")";
+    fail(why.str());
+  }
+  if (out.size(0) > 1 && out.stride(0) != out.size(1)) {
+    why << "out: expected a contiguous array (row stride " << out.size(1) << "), got row stride " << out.stride(0);
+    fail(why.str());
+  }
+  if (y.device != x.device || out.device != x.device) {
+    why << "x, y, out: expected one CUDA device, got cuda:" << x.device << ", cuda:" << y.device << ", cuda:"
+        << out.device;
+    fail(why.str());
+  }
+  if (metric != Metric::Euclidean && metric != Metric::SqEuclidean && metric != Metric::Cosine) {
+    why << "metric: unknown code " << static_cast<int>(metric);
+    fail(why.str());
+  }
+}
+
+}  // namespace
+
+void pairwise_distance(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric,
+                       std::uintptr_t stream) {
+  validate(x, y, out, metric);
+  if (x.size(0) == 0 || y.size(0) == 0) return;  // empty output: nothing to launch (a 0-block grid is an error)
+
+  // `stream` must belong to x.device (the Python layer passes torch.cuda.current_stream(x.device)).
+  DeviceGuard device_guard(x.device);
+  const cudaStream_t cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  switch (x.dtype) {
+    case DType::Float32:
+      launch_pairwise_distance<float, float>(x, y, out, metric, cuda_stream);
+      break;
+    case DType::Float64:
+      launch_pairwise_distance<double, double>(x, y, out, metric, cuda_stream);
+      break;
+    case DType::Float16:
+      launch_pairwise_distance<__half, float>(x, y, out, metric, cuda_stream);
+      break;
+    case DType::BFloat16:
+      launch_pairwise_distance<__nv_bfloat16, float>(x, y, out, metric, cuda_stream);
+      break;
+    default:
+      fail(std::string("x: unsupported dtype ") + dtype_name(x.dtype));  // unreachable after validate()
+  }
+}
+
+int device_count() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // clear the error so later runtime calls do not report it
+    return 0;
+  }
+  return count;
+}
+
+int runtime_version() {
+  int version = 0;
+  REIDFAST_CUDA_CHECK(cudaRuntimeGetVersion(&version));
+  return version;
+}
+
+}  // namespace cuda
+}  // namespace reidfast
