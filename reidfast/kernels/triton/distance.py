@@ -21,7 +21,7 @@ _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = METRIC_CODES["euclidean"], METRIC_CODES["sqe
 @triton.jit
 def _pairwise_distance_kernel(
     x_ptr, y_ptr, out_ptr, n, m, dim, x_row_stride, y_row_stride,
-    METRIC: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -55,6 +55,8 @@ def _pairwise_distance_kernel(
         dist = 1.0 - acc / (x_len[:, None] * y_len[None, :])
     else:
         squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
+        if SAME_INPUT:  # tl.dot and tl.sum round differently: make a row's distance to itself exact
+            squared = tl.where(rows[:, None] == cols[None, :], 0.0, squared)
         if METRIC == 1:  # sqeuclidean
             dist = tl.maximum(squared, 0.0)
         else:
@@ -77,10 +79,11 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Te
     # The interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles wrongly; the products of bfloat16 values
     # are exact in float32, so upcasting first gives the same result.
     upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
+    same_input = x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
     grid = (triton.cdiv(x.shape[0], block_n), triton.cdiv(y.shape[0], block_m))
     _pairwise_distance_kernel[grid](
         x, y, out, x.shape[0], y.shape[0], x.shape[1], x.stride(0), y.stride(0),
-        METRIC=METRIC_CODES[metric], FP64=fp64, INPUT_PRECISION=precision, UPCAST_DOT=upcast_dot,
+        METRIC=METRIC_CODES[metric], SAME_INPUT=same_input, FP64=fp64, INPUT_PRECISION=precision, UPCAST_DOT=upcast_dot,
         BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d,
     )
     return out
