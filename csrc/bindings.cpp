@@ -8,8 +8,10 @@
 
 #include "common/array.h"
 #include "cpu/distance.h"
+// [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
+// [includes: cuda]  (marker: add CUDA headers above)
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -101,6 +103,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"));
 
+  // [bindings: cpu]  (marker: add CPU bindings above)
+
 #ifdef REIDFAST_WITH_CUDA
   m.def("cuda_device_count", &reidfast::cuda::device_count);
   m.def(
@@ -110,5 +114,7 @@ PYBIND11_MODULE(_C, m) {
         reidfast::cuda::pairwise_distance(x, y, out, to_metric(metric), stream);
       },
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"), py::arg("stream"));
+
+  // [bindings: cuda]  (marker: add CUDA bindings above)
 #endif
 }
