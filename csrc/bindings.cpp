@@ -8,6 +8,7 @@
 
 #include "common/array.h"
 #include "cpu/distance.h"
+#include "cpu/triplet.h"
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
@@ -102,6 +103,21 @@ PYBIND11_MODULE(_C, m) {
         reidfast::cpu::pairwise_distance(x, y, out, to_metric(metric));
       },
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"));
+
+  m.def(
+      "batch_hard_mine_block_cpu",
+      [](const ArrayView& gram, const ArrayView& anchor_sq_norms, const ArrayView& candidate_sq_norms,
+         const ArrayView& anchor_labels, const ArrayView& candidate_labels, const ArrayView& anchor_index,
+         int metric, const ArrayView& dist_ap, const ArrayView& dist_an, const ArrayView& positive_index,
+         const ArrayView& negative_index) {
+        py::gil_scoped_release release;
+        reidfast::cpu::batch_hard_mine_block(gram, anchor_sq_norms, candidate_sq_norms, anchor_labels,
+                                             candidate_labels, anchor_index, to_metric(metric), dist_ap, dist_an,
+                                             positive_index, negative_index);
+      },
+      py::arg("gram"), py::arg("anchor_sq_norms"), py::arg("candidate_sq_norms"), py::arg("anchor_labels"),
+      py::arg("candidate_labels"), py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"),
+      py::arg("dist_an"), py::arg("positive_index"), py::arg("negative_index"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

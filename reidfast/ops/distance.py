@@ -57,7 +57,8 @@ def _pairwise_distance_triton(x: torch.Tensor, y: torch.Tensor, metric: str) -> 
 @torch.library.custom_op("reidfast::pairwise_distance", mutates_args=())
 def _pairwise_distance_op(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
     _, implementation = PAIRWISE_DISTANCE.select(x.device)
-    return implementation(x, y, metric)
+    with torch.autocast(x.device.type, enabled=False):  # AMP policy: accumulate in float32, see README
+        return implementation(x, y, metric)
 
 
 @_pairwise_distance_op.register_fake

@@ -1,0 +1,293 @@
+"""Fused batch-hard triplet loss: mining kernels per backend, closed-form O(B*D) backward, the loss on top.
+
+The mining op `reidfast::batch_hard_mine` returns, per anchor, the distance to and index of its hardest
+positive and hardest negative (semantics: reidfast/reference/triplet.py). Its backward uses only those
+indices: each anchor's gradient flows to itself and its two chosen candidates, O(B*D) work, no GEMM.
+The loss, reduction and details are a few O(B) torch ops on top.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import _native
+from .._arrays import check_finite
+from .._dispatch import Op
+from ..reference import distance as reference_distance
+from ..reference import triplet as reference
+from ..reference.triplet import TripletDetails
+from .distance import _normalize_backward
+
+BATCH_HARD_MINE = Op("batch_hard_triplet_loss")
+_CPU_BLOCK_ELEMENTS = 1 << 22  # dot products per CPU block: 16 MiB of float32, whatever the batch size
+
+
+def _unit_inner_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+
+
+def _empty_result(num_anchors: int, dtype: torch.dtype, device: torch.device):
+    zeros = torch.zeros(num_anchors, dtype=dtype, device=device)
+    none = torch.full((num_anchors,), reference.NO_INDEX, dtype=torch.int64, device=device)
+    return zeros, zeros.clone(), none, none.clone()
+
+
+@BATCH_HARD_MINE.register("reference")
+def _mine_reference(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
+    distances = reference_distance.pairwise_distance(anchors, candidates, metric)
+    same_label = anchor_labels[:, None] == candidate_labels[None, :]
+    columns = torch.arange(candidates.shape[0], device=anchors.device)
+    is_positive = same_label & (columns[None, :] != anchor_index[:, None])
+    positive = reference._first_extreme_index(distances, is_positive, largest=True)
+    negative = reference._first_extreme_index(distances, ~same_label, largest=False)
+    if candidates.shape[0] == 0:
+        return _empty_result(anchors.shape[0], distances.dtype, anchors.device)
+    dist_ap = torch.where(positive >= 0, distances.gather(1, positive.clamp_min(0)[:, None]).squeeze(1), 0.0)
+    dist_an = torch.where(negative >= 0, distances.gather(1, negative.clamp_min(0)[:, None]).squeeze(1), 0.0)
+    return dist_ap, dist_an, positive, negative
+
+
+@BATCH_HARD_MINE.register("cpu")
+def _mine_cpu(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
+    """BLAS GEMM on blocks of anchors (torch.mm), then one native pass mines each block."""
+    dtype = reference_distance.accumulation_dtype(anchors.dtype)
+    anchors, candidates = anchors.to(dtype), candidates.to(dtype)
+    num_anchors, num_candidates = anchors.shape[0], candidates.shape[0]
+    if num_candidates == 0:
+        return _empty_result(num_anchors, dtype, anchors.device)
+    anchor_norms = (anchors * anchors).sum(1)
+    candidate_norms = (candidates * candidates).sum(1)
+    labels_a, labels_c, self_index = (t.to(torch.int64).contiguous() for t in (anchor_labels, candidate_labels, anchor_index))
+    dist_ap, dist_an = torch.empty(num_anchors, dtype=dtype), torch.empty(num_anchors, dtype=dtype)
+    positive, negative = torch.empty(num_anchors, dtype=torch.int64), torch.empty(num_anchors, dtype=torch.int64)
+    block = max(1, min(num_anchors, _CPU_BLOCK_ELEMENTS // num_candidates))
+    view = _native.view
+    for start in range(0, num_anchors, block):
+        rows = slice(start, min(start + block, num_anchors))
+        gram = anchors[rows] @ candidates.T
+        _native._C.batch_hard_mine_block_cpu(
+            view(gram), view(anchor_norms[rows]), view(candidate_norms), view(labels_a[rows]), view(labels_c),
+            view(self_index[rows]), _native.METRIC_CODES[metric],
+            view(dist_ap[rows]), view(dist_an[rows]), view(positive[rows]), view(negative[rows]),
+        )
+    return dist_ap, dist_an, positive, negative
+
+
+@BATCH_HARD_MINE.register("triton")
+def _mine_triton(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
+    from ..kernels.triton import triplet as triton_triplet
+
+    return triton_triplet.batch_hard_mine(
+        _unit_inner_stride(anchors), _unit_inner_stride(candidates), anchor_labels.to(torch.int64).contiguous(),
+        candidate_labels.to(torch.int64).contiguous(), anchor_index.to(torch.int64).contiguous(), metric,
+    )
+
+
+@BATCH_HARD_MINE.register("cuda")
+def _mine_cuda(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
+    anchors, candidates = _unit_inner_stride(anchors), _unit_inner_stride(candidates)
+    num_anchors, device = anchors.shape[0], anchors.device
+    dtype = reference_distance.accumulation_dtype(anchors.dtype)
+    dist_ap = torch.empty(num_anchors, dtype=dtype, device=device)
+    dist_an = torch.empty(num_anchors, dtype=dtype, device=device)
+    positive = torch.empty(num_anchors, dtype=torch.int64, device=device)
+    negative = torch.empty(num_anchors, dtype=torch.int64, device=device)
+    workspace = torch.empty(
+        _native._C.batch_hard_mine_workspace_bytes(num_anchors, candidates.shape[0]), dtype=torch.uint8, device=device
+    )
+    view = _native.view
+    _native._C.batch_hard_mine_cuda(
+        view(anchors), view(candidates), view(anchor_labels.to(torch.int64).contiguous()),
+        view(candidate_labels.to(torch.int64).contiguous()), view(anchor_index.to(torch.int64).contiguous()),
+        _native.METRIC_CODES[metric], view(dist_ap), view(dist_an), view(positive), view(negative), view(workspace),
+        torch.cuda.current_stream(device).cuda_stream,
+    )
+    return dist_ap, dist_an, positive, negative
+
+
+@torch.library.custom_op("reidfast::batch_hard_mine", mutates_args=())
+def _batch_hard_mine_op(
+    anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
+    anchor_index: torch.Tensor, metric: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, implementation = BATCH_HARD_MINE.select(anchors.device)
+    with torch.autocast(anchors.device.type, enabled=False):  # AMP policy: accumulate in float32, see README
+        return implementation(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric)
+
+
+@_batch_hard_mine_op.register_fake
+def _(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
+    num_anchors = anchors.shape[0]
+    dtype = reference_distance.accumulation_dtype(anchors.dtype)
+    distances = anchors.new_empty((num_anchors,), dtype=dtype)
+    indices = anchors.new_empty((num_anchors,), dtype=torch.int64)
+    return distances, distances.clone(), indices, indices.clone()
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    anchors, candidates, _, _, _, metric = inputs
+    dist_ap, dist_an, positive, negative = output
+    ctx.save_for_backward(anchors, candidates, dist_ap, dist_an, positive, negative)
+    ctx.metric = metric
+
+
+def _pair_gradients(anchors, others, distances, grad, metric):
+    """d(grad . d(anchor_i, other_i)) / d(anchor_i) and / d(other_i) for rows of pairs (B, D)."""
+    if metric == "cosine":  # d = 1 - a_hat . o_hat
+        anchor_len = anchors.norm(dim=1, keepdim=True)
+        other_len = others.norm(dim=1, keepdim=True)
+        anchor_hat = anchors / anchor_len.clamp_min(reference_distance.COSINE_EPS)
+        other_hat = others / other_len.clamp_min(reference_distance.COSINE_EPS)
+        return (_normalize_backward(-grad[:, None] * other_hat, anchor_hat, anchor_len),
+                _normalize_backward(-grad[:, None] * anchor_hat, other_hat, other_len))
+    if metric == "euclidean":
+        clamp = torch.tensor(reference_distance.EUCLIDEAN_CLAMP, dtype=distances.dtype).sqrt()
+        scale = torch.where(distances > clamp, grad / (2.0 * distances), torch.zeros_like(grad))
+    else:
+        scale = grad
+    difference = 2.0 * scale[:, None] * (anchors - others)  # d|a - o|^2 / da = 2 (a - o)
+    return difference, -difference
+
+
+def _backward(ctx: Any, grad_ap, grad_an, _grad_pos, _grad_neg):
+    anchors_in, candidates_in, dist_ap, dist_an, positive, negative = ctx.saved_tensors
+    dtype = dist_ap.dtype
+    anchors, candidates = anchors_in.to(dtype), candidates_in.to(dtype)
+    grad_anchors = torch.zeros_like(anchors)
+    grad_candidates = torch.zeros_like(candidates)
+    for grad, index, distances in ((grad_ap, positive, dist_ap), (grad_an, negative, dist_an)):
+        if grad is None or candidates.shape[0] == 0:
+            continue
+        present = index >= 0
+        grad = torch.where(present, grad.to(dtype), torch.zeros_like(distances))
+        safe_index = index.clamp_min(0)
+        to_anchor, to_other = _pair_gradients(anchors, candidates[safe_index], distances, grad, ctx.metric)
+        grad_anchors += to_anchor
+        grad_candidates.index_add_(0, safe_index, to_other)
+    return grad_anchors.to(anchors_in.dtype), grad_candidates.to(candidates_in.dtype), None, None, None, None
+
+
+_batch_hard_mine_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_embeddings(name: str, features: torch.Tensor, device: torch.device) -> None:
+    """Shape, dtype and device checks, then NaN/Inf (skipped while torch.compile traces: it needs a sync)."""
+    if not isinstance(features, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
+    if features.device != device:
+        raise ValueError(f"{name} is on {features.device} but embeddings are on {device}")
+    if features.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(features.shape)}")
+    if not features.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floating point, got {features.dtype}")
+    check_finite(features, name)
+
+
+def _check_anchor_index(anchor_index: torch.Tensor, labels: torch.Tensor, candidate_labels: torch.Tensor) -> None:
+    num_candidates = candidate_labels.shape[0]
+    if bool(((anchor_index < reference.NO_INDEX) | (anchor_index >= num_candidates)).any()):
+        raise ValueError(f"anchor_index values must lie in [-1, {num_candidates}), the candidate columns")
+    present = anchor_index >= 0
+    if bool((labels[present] != candidate_labels[anchor_index[present]]).any()):
+        raise ValueError("anchor_index points at candidates whose label differs from the anchor's label")
+
+
+def batch_hard_mine(
+    anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
+    anchor_index: torch.Tensor, metric: str = "euclidean",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dist_ap, dist_an, positive_index, negative_index), each (B,), for already validated inputs.
+
+    Differentiable w.r.t. anchors and candidates through the two distances.
+    """
+    return _batch_hard_mine_op(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric)
+
+
+def batch_hard_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | str = 0.3,
+    metric: str = "euclidean",
+    normalize: bool = False,
+    reduction: str = "mean",
+    candidates: torch.Tensor | None = None,
+    candidate_labels: torch.Tensor | None = None,
+    anchor_index: torch.Tensor | None = None,
+    return_details: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, TripletDetails]:
+    """Fused batch-hard triplet loss (Hermans et al. 2017; reid-strong-baseline's TripletLoss on P x K batches).
+
+    embeddings (B, D) float32/float16/bfloat16/float64, labels (B,) integer. For each anchor: the hardest
+    positive (largest distance, same label, self excluded) and hardest negative (smallest distance, other
+    label), found without a B x B matrix; loss = relu(d_ap - d_an + margin), or softplus(d_ap - d_an) for
+    margin="soft". Anchors without a positive or a negative are left out of the reduction ("mean" divides by
+    the number of valid anchors; a batch with none gives 0 with a zero gradient). metric: "euclidean",
+    "sqeuclidean" or "cosine"; normalize=True L2-normalises first. candidates (C, D) / candidate_labels (C,):
+    score the anchors against another set (cross-batch memory, gathered embeddings); anchor_index (B,) gives
+    each anchor's own column there (-1: absent). Returns a float32 scalar (float64 for float64 input), (B,)
+    for reduction="none", and with return_details=True also a TripletDetails (indices, d_ap, d_an, valid,
+    num_valid, fraction_active).
+    """
+    _check_embeddings("embeddings", embeddings, embeddings.device)
+    device, num_anchors = embeddings.device, embeddings.shape[0]
+    reference._check_labels("labels", labels, num_anchors, device)
+    reference._check_margin(margin)
+    if metric not in reference_distance.METRICS:
+        raise ValueError(f"metric must be one of {reference_distance.METRICS}, got {metric!r}")
+    if reduction not in reference.REDUCTIONS:
+        raise ValueError(f"reduction must be one of {reference.REDUCTIONS}, got {reduction!r}")
+    if (candidates is None) != (candidate_labels is None):
+        missing = "candidate_labels" if candidate_labels is None else "candidates"
+        raise ValueError(f"candidates and candidate_labels must be given together; {missing} is missing")
+    against_batch = candidates is None
+    if against_batch:
+        candidates, candidate_labels = embeddings, labels
+    else:
+        _check_embeddings("candidates", candidates, device)
+        if candidates.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"candidates have dimension {candidates.shape[1]}, embeddings have {embeddings.shape[1]}")
+        reference._check_labels("candidate_labels", candidate_labels, candidates.shape[0], device)
+    if anchor_index is not None:
+        reference._check_labels("anchor_index", anchor_index, num_anchors, device)
+        if not torch.compiler.is_compiling():
+            _check_anchor_index(anchor_index, labels, candidate_labels)
+    else:
+        anchor_index = (torch.arange(num_anchors, device=device) if against_batch
+                        else torch.full((num_anchors,), reference.NO_INDEX, device=device))
+
+    dtype = torch.promote_types(embeddings.dtype, candidates.dtype)
+    anchors = embeddings.to(dtype)
+    others = anchors if against_batch else candidates.to(dtype)
+    if normalize:
+        anchors = F.normalize(anchors, dim=1, eps=reference.NORMALIZE_EPS)
+        others = anchors if against_batch else F.normalize(others, dim=1, eps=reference.NORMALIZE_EPS)
+    dist_ap, dist_an, positive, negative = batch_hard_mine(
+        anchors, others, labels, candidate_labels, anchor_index, metric
+    )
+    valid = (positive >= 0) & (negative >= 0)
+    gap = dist_ap - dist_an
+    terms = F.softplus(gap) if margin == reference.SOFT_MARGIN else F.relu(gap + margin)
+    loss_per_anchor = torch.where(valid, terms, torch.zeros_like(terms))
+    if reduction == "none":
+        loss = loss_per_anchor
+    elif reduction == "sum":
+        loss = loss_per_anchor.sum()
+    else:  # no host sync: the count stays on the device
+        loss = loss_per_anchor.sum() / valid.sum().clamp_min(1).to(loss_per_anchor.dtype)
+    if not return_details:
+        return loss
+    num_valid = int(valid.sum())
+    active = valid if margin == reference.SOFT_MARGIN else valid & (gap + margin > 0)
+    details = TripletDetails(
+        loss_per_anchor=loss_per_anchor.detach(),
+        dist_ap=dist_ap.detach(),
+        dist_an=dist_an.detach(),
+        hardest_positive=positive,
+        hardest_negative=negative,
+        valid=valid,
+        num_valid=num_valid,
+        fraction_active=float(active.sum()) / num_valid if num_valid else 0.0,
+    )
+    return loss, details
