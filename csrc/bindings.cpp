@@ -71,8 +71,8 @@ py::dict build_info() {
 #endif
 #ifdef REIDFAST_WITH_CUDA
   info["cuda"] = true;
-  info["cuda_compiler"] = REIDFAST_STRINGIFY(REIDFAST_CUDA_COMPILER_VERSION);
-  info["cuda_architectures"] = REIDFAST_STRINGIFY(REIDFAST_CUDA_ARCHITECTURES);
+  info["cuda_compiler"] = REIDFAST_CUDA_COMPILER_VERSION;
+  info["cuda_architectures"] = REIDFAST_CUDA_ARCHITECTURES;
   info["cuda_runtime_version"] = reidfast::cuda::runtime_version();
 #else
   info["cuda"] = false;
@@ -97,12 +97,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "Compiler, OpenMP and CUDA versions this module was built with.");
 
   m.def(
-      "pairwise_distance_cpu",
-      [](const ArrayView& x, const ArrayView& y, const ArrayView& out, int metric) {
+      "distance_epilogue_cpu",
+      [](const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, int metric,
+         int64_t self_offset) {
         py::gil_scoped_release release;
-        reidfast::cpu::pairwise_distance(x, y, out, to_metric(metric));
+        reidfast::cpu::distance_epilogue(gram, x_sq_norms, y_sq_norms, to_metric(metric), self_offset);
       },
-      py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"));
+      py::arg("gram"), py::arg("x_sq_norms"), py::arg("y_sq_norms"), py::arg("metric"), py::arg("self_offset"));
+  m.def(
+      "topk_epilogue_cpu",
+      [](const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, int metric,
+         int64_t self_offset, bool exclude_self, const ArrayView& values, const ArrayView& indices) {
+        py::gil_scoped_release release;
+        reidfast::cpu::topk_epilogue(gram, x_sq_norms, y_sq_norms, to_metric(metric), self_offset, exclude_self,
+                                     values, indices);
+      },
+      py::arg("gram"), py::arg("x_sq_norms"), py::arg("y_sq_norms"), py::arg("metric"), py::arg("self_offset"),
+      py::arg("exclude_self"), py::arg("values"), py::arg("indices"));
 
   m.def(
       "batch_hard_mine_block_cpu",
@@ -118,6 +129,10 @@ PYBIND11_MODULE(_C, m) {
       py::arg("gram"), py::arg("anchor_sq_norms"), py::arg("candidate_sq_norms"), py::arg("anchor_labels"),
       py::arg("candidate_labels"), py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"),
       py::arg("dist_an"), py::arg("positive_index"), py::arg("negative_index"));
+
+      },
+      py::arg("distmat"), py::arg("q_pids"), py::arg("g_pids"), py::arg("q_camids"), py::arg("g_camids"),
+      py::arg("first_match_rank"), py::arg("average_precision"), py::arg("inverse_negative_penalty"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

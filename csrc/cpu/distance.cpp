@@ -1,80 +1,105 @@
-// Pairwise distance on the CPU: row norms, then cache-blocked dot products with the epilogue fused.
-//
-// Blocking: a block of kRowBlock rows of x is scored against a block of kColBlock rows of y, both small
-// enough to stay in L2 while every pair in the block is visited; each pair's dot product runs over the
-// contiguous feature axis, which the compiler vectorises (omp simd reduction).
+// Distance and top-k epilogues on the CPU (see distance.h): one pass over a block of dot products.
 #include "distance.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <sstream>
+#include <queue>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace reidfast {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRowBlock = 32;
-constexpr int64_t kColBlock = 128;
-
-template <typename T>
-T dot(const T* a, const T* b, int64_t length) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < length; ++k) sum += a[k] * b[k];
-  return sum;
+void check_vector(const ArrayView& a, const char* name, int64_t length, DType dtype) {
+  check(a.ndim() == 1 && a.size(0) == length && (length <= 1 || a.stride(0) == 1) && !a.on_cuda(),
+        std::string(name) + ": expected a contiguous host vector of length " + std::to_string(length));
+  check(a.dtype == dtype, std::string(name) + ": expected dtype " + dtype_name(dtype) + ", got " + dtype_name(a.dtype));
 }
 
-template <typename T>
-std::vector<T> squared_norms(const ArrayView& a) {
-  const int64_t rows = a.size(0), dim = a.size(1), row_stride = a.stride(0);
-  const T* data = a.ptr<T>();
-  std::vector<T> norms(static_cast<size_t>(rows));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows; ++i) norms[i] = dot(data + i * row_stride, data + i * row_stride, dim);
-  return norms;
+void check_block(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms) {
+  check_matrix(gram, "gram", /*want_cuda=*/false);
+  check(gram.dtype == DType::Float32 || gram.dtype == DType::Float64,
+        std::string("gram: expected float32 or float64, got ") + dtype_name(gram.dtype));
+  check_vector(x_sq_norms, "x_sq_norms", gram.size(0), gram.dtype);
+  check_vector(y_sq_norms, "y_sq_norms", gram.size(1), gram.dtype);
 }
 
+// The value rows are ranked by: the clamped squared distance for euclidean (the sqrt is monotone and the
+// clamp makes tiny distances tie exactly as after the sqrt), the distance itself otherwise.
 template <typename T>
-T epilogue(T dot_xy, T norm_x, T norm_y, Metric metric) {
-  switch (metric) {
-    case Metric::Cosine: {
-      const T eps = static_cast<T>(kCosineEps);
-      return T(1) - dot_xy / (std::max(std::sqrt(norm_x), eps) * std::max(std::sqrt(norm_y), eps));
+struct Epilogue {
+  Metric metric;
+  T x_sq_norm, x_length;
+
+  Epilogue(Metric metric_, T x_sq_norm_)
+      : metric(metric_), x_sq_norm(x_sq_norm_), x_length(std::max(std::sqrt(x_sq_norm_), static_cast<T>(kCosineEps))) {}
+
+  T key(T dot, T y_sq_norm, bool is_self) const {
+    if (metric == Metric::Cosine) {
+      const T y_length = std::max(std::sqrt(y_sq_norm), static_cast<T>(kCosineEps));
+      return T(1) - dot / (x_length * y_length);
     }
-    case Metric::SqEuclidean:
-      return std::max(norm_x + norm_y - T(2) * dot_xy, T(0));
-    case Metric::Euclidean:
-    default:
-      return std::sqrt(std::max(norm_x + norm_y - T(2) * dot_xy, static_cast<T>(kEuclideanClamp)));
+    const T squared = is_self ? T(0) : x_sq_norm + y_sq_norm - T(2) * dot;
+    return metric == Metric::SqEuclidean ? std::max(squared, T(0))
+                                         : std::max(squared, static_cast<T>(kEuclideanClamp));
+  }
+
+  T distance(T key_value) const { return metric == Metric::Euclidean ? std::sqrt(key_value) : key_value; }
+};
+
+template <typename T>
+void distance_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, Metric metric,
+                    int64_t self_offset) {
+  const int64_t rows = gram.size(0), cols = gram.size(1), stride = gram.stride(0);
+  const T* x_norms = x_sq_norms.ptr<T>();
+  const T* y_norms = y_sq_norms.ptr<T>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    T* row = gram.ptr<T>() + i * stride;
+    const Epilogue<T> epilogue(metric, x_norms[i]);
+    const int64_t self = self_offset >= 0 ? self_offset + i : -1;
+    for (int64_t j = 0; j < cols; ++j) row[j] = epilogue.distance(epilogue.key(row[j], y_norms[j], j == self));
   }
 }
 
 template <typename T>
-void pairwise_distance_typed(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric) {
-  const int64_t n = x.size(0), m = y.size(0), dim = x.size(1);
-  const int64_t x_stride = x.stride(0), y_stride = y.stride(0);
-  const T* x_data = x.ptr<T>();
-  const T* y_data = y.ptr<T>();
-  T* out_data = out.ptr<T>();
-  const std::vector<T> x_norms = squared_norms<T>(x);
-  const std::vector<T> y_norms = squared_norms<T>(y);
-
-  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
-  const int64_t col_blocks = (m + kColBlock - 1) / kColBlock;
-#pragma omp parallel for collapse(2) schedule(dynamic)
-  for (int64_t rb = 0; rb < row_blocks; ++rb) {
-    for (int64_t cb = 0; cb < col_blocks; ++cb) {
-      const int64_t row_end = std::min(n, (rb + 1) * kRowBlock);
-      const int64_t col_end = std::min(m, (cb + 1) * kColBlock);
-      for (int64_t i = rb * kRowBlock; i < row_end; ++i) {
-        const T* x_row = x_data + i * x_stride;
-        T* out_row = out_data + i * m;
-        for (int64_t j = cb * kColBlock; j < col_end; ++j) {
-          const T dot_xy = dot(x_row, y_data + j * y_stride, dim);
-          out_row[j] = epilogue(dot_xy, x_norms[i], y_norms[j], metric);
+void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, Metric metric,
+                int64_t self_offset, bool exclude_self, const ArrayView& values, const ArrayView& indices) {
+  const int64_t rows = gram.size(0), cols = gram.size(1), stride = gram.stride(0), k = values.size(1);
+  const T* x_norms = x_sq_norms.ptr<T>();
+  const T* y_norms = y_sq_norms.ptr<T>();
+  using Entry = std::pair<T, int64_t>;  // (key, column): lexicographic order = (distance, smaller index first)
+#pragma omp parallel
+  {
+    std::vector<Entry> heap;  // max-heap of the k best so far; its top is the one to beat
+    heap.reserve(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* row = gram.ptr<T>() + i * stride;
+      const Epilogue<T> epilogue(metric, x_norms[i]);
+      const int64_t self = self_offset >= 0 ? self_offset + i : -1;
+      heap.clear();
+      for (int64_t j = 0; j < cols; ++j) {
+        if (exclude_self && j == self) continue;
+        const Entry entry(epilogue.key(row[j], y_norms[j], j == self), j);
+        if (static_cast<int64_t>(heap.size()) < k) {
+          heap.push_back(entry);
+          std::push_heap(heap.begin(), heap.end());
+        } else if (entry < heap.front()) {
+          std::pop_heap(heap.begin(), heap.end());
+          heap.back() = entry;
+          std::push_heap(heap.begin(), heap.end());
         }
+      }
+      std::sort_heap(heap.begin(), heap.end());
+      T* out_values = values.ptr<T>() + i * k;
+      int64_t* out_indices = indices.ptr<int64_t>() + i * k;
+      for (int64_t r = 0; r < k; ++r) {
+        out_values[r] = epilogue.distance(heap[r].first);
+        out_indices[r] = heap[r].second;
       }
     }
   }
@@ -82,27 +107,33 @@ void pairwise_distance_typed(const ArrayView& x, const ArrayView& y, const Array
 
 }  // namespace
 
-void pairwise_distance(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric) {
-  check_matrix(x, "x", /*want_cuda=*/false);
-  check_matrix(y, "y", /*want_cuda=*/false);
-  check_matrix(out, "out", /*want_cuda=*/false);
-  std::ostringstream why;
-  if (x.size(1) != y.size(1)) {
-    why << "y: expected " << x.size(1) << " features per row to match x, got " << y.size(1);
-    fail(why.str());
-  }
-  if (x.dtype != y.dtype || (x.dtype != DType::Float32 && x.dtype != DType::Float64)) {
-    why << "x, y: the CPU kernel takes two float32 or two float64 arrays, got " << dtype_name(x.dtype) << " and "
-        << dtype_name(y.dtype);
-    fail(why.str());
-  }
-  check(out.dtype == x.dtype, std::string("out: expected dtype ") + dtype_name(x.dtype));
-  check(out.size(0) == x.size(0) && out.size(1) == y.size(0) && (x.size(0) <= 1 || out.stride(0) == y.size(0)),
-        "out: expected a contiguous (N, M) array");
-  if (x.dtype == DType::Float32) {
-    pairwise_distance_typed<float>(x, y, out, metric);
+void distance_epilogue(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms,
+                       Metric metric, int64_t self_offset) {
+  check_block(gram, x_sq_norms, y_sq_norms);
+  if (gram.dtype == DType::Float32) {
+    distance_typed<float>(gram, x_sq_norms, y_sq_norms, metric, self_offset);
   } else {
-    pairwise_distance_typed<double>(x, y, out, metric);
+    distance_typed<double>(gram, x_sq_norms, y_sq_norms, metric, self_offset);
+  }
+}
+
+void topk_epilogue(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, Metric metric,
+                   int64_t self_offset, bool exclude_self, const ArrayView& values, const ArrayView& indices) {
+  check_block(gram, x_sq_norms, y_sq_norms);
+  const int64_t rows = gram.size(0), cols = gram.size(1);
+  check(!exclude_self || self_offset >= 0, "exclude_self: needs self_offset >= 0 (x and y the same rows)");
+  check(values.ndim() == 2 && values.size(0) == rows && values.dtype == gram.dtype && !values.on_cuda(),
+        "values: expected a host (b, k) array of gram's dtype");
+  const int64_t k = values.size(1);
+  check(k >= 1 && k <= cols - (exclude_self ? 1 : 0), "k: expected 1 <= k <= number of candidates");
+  check(values.stride(0) == k && (k == 1 || values.stride(1) == 1), "values: expected a contiguous (b, k) array");
+  check(indices.ndim() == 2 && indices.size(0) == rows && indices.size(1) == k && indices.dtype == DType::Int64 &&
+            indices.stride(0) == k && (k == 1 || indices.stride(1) == 1) && !indices.on_cuda(),
+        "indices: expected a contiguous host (b, k) int64 array");
+  if (gram.dtype == DType::Float32) {
+    topk_typed<float>(gram, x_sq_norms, y_sq_norms, metric, self_offset, exclude_self, values, indices);
+  } else {
+    topk_typed<double>(gram, x_sq_norms, y_sq_norms, metric, self_offset, exclude_self, values, indices);
   }
 }
 

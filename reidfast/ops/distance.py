@@ -27,12 +27,31 @@ def _pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str) 
     return reference.pairwise_distance(x, y, metric)
 
 
+def row_block_size(num_cols: int, target_elements: int = 1 << 19) -> int:
+    """Rows per block so that a (rows x num_cols) block of dot products stays cache-sized (2 MiB float32)."""
+    return max(64, target_elements // max(num_cols, 1))
+
+
+def same_rows(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """x and y are the same rows in memory (a row's distance to itself is then exactly known)."""
+    return x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride() and x.dtype == y.dtype
+
+
 @PAIRWISE_DISTANCE.register("cpu")
 def _pairwise_distance_cpu(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    dtype = _output_dtype(x.dtype)  # the C++ kernel computes in float32 or float64
-    x, y = _unit_inner_stride(x.to(dtype)), _unit_inner_stride(y.to(dtype))
+    """BLAS GEMM on row blocks (torch.mm), then the native epilogue turns each block into distances in place."""
+    same_input = same_rows(x, y)
+    dtype = _output_dtype(x.dtype)
+    x = x.to(dtype)
+    y = x if same_input else y.to(dtype)
+    x_norms, y_norms = (x * x).sum(1), (y * y).sum(1)
     out = torch.empty((x.shape[0], y.shape[0]), dtype=dtype)
-    _native._C.pairwise_distance_cpu(_native.view(x), _native.view(y), _native.view(out), _native.METRIC_CODES[metric])
+    step = row_block_size(y.shape[0])
+    for start in range(0, x.shape[0], step):
+        rows = slice(start, start + step)
+        block = torch.mm(x[rows], y.T, out=out[rows])
+        _native._C.distance_epilogue_cpu(_native.view(block), _native.view(x_norms[rows]), _native.view(y_norms),
+                                         _native.METRIC_CODES[metric], start if same_input else -1)
     return out
 
 

@@ -53,3 +53,16 @@ def pairwise_distance_bruteforce(x: torch.Tensor, y: torch.Tensor | None = None,
     if metric == "sqeuclidean":
         return squared
     return squared.clamp_min(EUCLIDEAN_CLAMP).sqrt()
+
+
+def topk_distance(
+    x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1, metric: str = "euclidean", exclude_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest rows of y for every row of x -> (values (N, k), indices (N, k) int64), ascending by
+    (distance, column): equal distances list the smaller column first. exclude_self (y=None only) skips
+    each row's own column. Materialises the full (N, M) matrix: a reference, not a scalable path."""
+    distances = pairwise_distance(x, y, metric)
+    if exclude_self:
+        distances.fill_diagonal_(float("inf"))
+    order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
+    return distances.gather(1, order), order

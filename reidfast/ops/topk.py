@@ -1,0 +1,113 @@
+"""Fused pairwise distance + row top-k, blockwise: O(N*k + block) memory, never the full N x M matrix."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _native
+from .._arrays import to_caller
+from .._dispatch import Op
+from ..reference import distance as reference
+from .distance import _output_dtype, _unit_inner_stride, prepare_pair, row_block_size, same_rows
+
+TOPK_DISTANCE = Op("topk_distance")
+
+
+@TOPK_DISTANCE.register("reference")
+def _topk_reference(x, y, k, metric, exclude_self):
+    return reference.topk_distance(x, y, k, metric, exclude_self)
+
+
+@TOPK_DISTANCE.register("cpu")
+def _topk_cpu(x, y, k, metric, exclude_self):
+    """BLAS GEMM on row blocks (torch.mm), then a native pass keeps each row's k best in a heap."""
+    same_input = same_rows(x, y)
+    dtype = _output_dtype(x.dtype)
+    x = x.to(dtype)
+    y = x if same_input else y.to(dtype)
+    x_norms, y_norms = (x * x).sum(1), (y * y).sum(1)
+    values = torch.empty((x.shape[0], k), dtype=dtype)
+    indices = torch.empty((x.shape[0], k), dtype=torch.int64)
+    step = row_block_size(y.shape[0])
+    gram = torch.empty((min(step, x.shape[0]), y.shape[0]), dtype=dtype)
+    view = _native.view
+    for start in range(0, x.shape[0], step):
+        rows = slice(start, start + step)
+        block = torch.mm(x[rows], y.T, out=gram[: x[rows].shape[0]])
+        _native._C.topk_epilogue_cpu(
+            view(block), view(x_norms[rows]), view(y_norms), _native.METRIC_CODES[metric],
+            start if same_input else -1, exclude_self, view(values[rows]), view(indices[rows]),
+        )
+    return values, indices
+
+
+def _topk_chunked(x, y, k, metric, exclude_self):
+    """Row chunks of the device's pairwise distance + a stable sort: for k beyond a GPU kernel's limit."""
+    from .distance import _pairwise_distance_op
+
+    values, indices = [], []
+    step = row_block_size(y.shape[0], target_elements=1 << 24)
+    for start in range(0, x.shape[0], step):
+        block = _pairwise_distance_op(x[start:start + step], y, metric)
+        if exclude_self:
+            rows = torch.arange(block.shape[0], device=block.device)
+            block[rows, rows + start] = float("inf")
+        order = torch.sort(block, dim=1, stable=True).indices[:, :k]
+        values.append(block.gather(1, order))
+        indices.append(order)
+    return torch.cat(values), torch.cat(indices)
+
+
+@TOPK_DISTANCE.register("triton")
+def _topk_triton(x, y, k, metric, exclude_self):
+    from ..kernels.triton import topk as triton_topk
+
+    if k > triton_topk.MAX_K:
+        return _topk_chunked(x, y, k, metric, exclude_self)
+    return triton_topk.topk_distance(_unit_inner_stride(x), _unit_inner_stride(y), k, metric, exclude_self)
+
+
+@TOPK_DISTANCE.register("cuda")
+def _topk_cuda(x, y, k, metric, exclude_self):
+    if k > _native._C.cuda_topk_max_k:
+        return _topk_chunked(x, y, k, metric, exclude_self)
+    x, y = _unit_inner_stride(x), _unit_inner_stride(y)
+    values = torch.empty((x.shape[0], k), dtype=_output_dtype(x.dtype), device=x.device)
+    indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
+    workspace = torch.empty(
+        _native._C.topk_distance_workspace_bytes(x.shape[0], y.shape[0], k), dtype=torch.uint8, device=x.device
+    )
+    view = _native.view
+    _native._C.topk_distance_cuda(
+        view(x), view(y), k, _native.METRIC_CODES[metric], exclude_self, view(values), view(indices), view(workspace),
+        torch.cuda.current_stream(x.device).cuda_stream,
+    )
+    return values, indices
+
+
+def topk_distance(
+    x: Any, y: Any = None, k: int = 20, metric: str = "euclidean", *, exclude_self: bool = False,
+    allow_nonfinite: bool = False,
+) -> tuple[Any, Any]:
+    """The k nearest rows of y (M, D) for every row of x (N, D) -> (values (N, k), indices (N, k)).
+
+    Sorted ascending by distance; equal distances list the smaller index first (deterministic). Computed
+    blockwise: memory O(N*k + block), never the full N x M matrix. y=None searches x itself, and then
+    exclude_self=True skips each row's own column. Metrics and input types as `pairwise_distance`;
+    values are float32 (float64 for float64 inputs), indices int64, in the caller's array type. The values
+    are not differentiable (use pairwise_distance on the selected pairs for gradients).
+    """
+    if metric not in reference.METRICS:
+        raise ValueError(f"metric: expected one of {reference.METRICS}, got {metric!r}")
+    if exclude_self and y is not None:
+        raise ValueError("exclude_self: only meaningful when y is None (x searched against itself)")
+    x_t, y_t, library = prepare_pair(x, y, allow_nonfinite)
+    available = y_t.shape[0] - (1 if exclude_self else 0)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
+        raise ValueError(f"k: expected an integer in [1, {available}] (the number of candidates), got {k!r}")
+    _, implementation = TOPK_DISTANCE.select(x_t.device)
+    with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):
+        values, indices = implementation(x_t, y_t, int(k), metric, exclude_self)
+    return to_caller(values, library), to_caller(indices, library)
