@@ -49,3 +49,52 @@ def test_pairwise_distance(run_benchmark, device, size, dtype, provider):
             with reidfast.use_backend(provider):
                 return reidfast.pairwise_distance(x, y, metric="euclidean")
     run_benchmark("pairwise_distance[euclidean]", provider, device, f"{n}x{m}x{dim} {str(dtype)[6:]}", function)
+
+
+TOPK_SIZES = {"cpu": "4096,4096,256;16384,16384,256;4096,4096,2048", "cuda": "16384,16384,2048;65536,16384,256"}
+TOPK_K = 20
+
+
+def _topk_sizes(device: str) -> list[tuple[int, int, int]]:
+    spec = os.environ.get("REIDFAST_BENCH_TOPK_SIZES", TOPK_SIZES[device])
+    return [tuple(int(v) for v in item.split(",")) for item in spec.split(";") if item.strip()]
+
+
+def _topk_cases():
+    try:
+        import faiss  # noqa: F401
+
+        has_faiss = True
+    except ImportError:
+        has_faiss = False
+    for device in DEVICES:
+        providers = [p for p in fast_backends(device) if not (device == "cpu" and p == "triton")]
+        providers += ["reference", "cdist+topk", "matmul"] + (["faiss.IndexFlatL2"] if has_faiss and device == "cpu" else [])
+        for size in _topk_sizes(device):
+            for provider in providers:
+                yield pytest.param(device, size, provider, id=f"{device}-{'x'.join(map(str, size))}-{provider}")
+
+
+@pytest.mark.parametrize("device,size,provider", list(_topk_cases()))
+def test_topk_distance(run_benchmark, device, size, provider):
+    """k = 20 nearest per row (euclidean). The reference and cdist+topk materialise the full N x M matrix."""
+    n, m, dim = size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, dim, generator=generator).to(device)
+    y = torch.randn(m, dim, generator=generator).to(device)
+    if provider == "cdist+topk":
+        function = lambda: torch.topk(torch.cdist(x, y), TOPK_K, dim=1, largest=False)  # noqa: E731
+    elif provider == "matmul":
+        function = lambda: x @ y.T  # noqa: E731
+    elif provider == "faiss.IndexFlatL2":
+        import faiss
+
+        index = faiss.IndexFlatL2(dim)
+        index.add(y.numpy())
+        queries = x.numpy()
+        function = lambda: index.search(queries, TOPK_K)  # noqa: E731
+    else:
+        def function():
+            with reidfast.use_backend(provider):
+                return reidfast.topk_distance(x, y, k=TOPK_K)
+    run_benchmark(f"topk_distance[k={TOPK_K}]", provider, device, f"{n}x{m}x{dim}", function)

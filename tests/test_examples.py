@@ -31,3 +31,13 @@ def test_rerank_features_reports_missing_arrays(tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "rerank_features.py"), str(path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "missing arrays" in result.stderr
+
+
+def test_drop_in_triplet_trains():
+    result = subprocess.run([sys.executable, str(EXAMPLES / "drop_in_triplet.py"), "--epochs", "2", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    before = float(lines[0].rsplit(" ", 1)[1].rstrip("%"))
+    after = float(lines[-1].rsplit(" ", 1)[1].rstrip("%"))
+    assert lines[-1].startswith("epoch 2") and after > before
