@@ -130,9 +130,6 @@ PYBIND11_MODULE(_C, m) {
       py::arg("candidate_labels"), py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"),
       py::arg("dist_an"), py::arg("positive_index"), py::arg("negative_index"));
 
-      },
-      py::arg("distmat"), py::arg("q_pids"), py::arg("g_pids"), py::arg("q_camids"), py::arg("g_camids"),
-      py::arg("first_match_rank"), py::arg("average_precision"), py::arg("inverse_negative_penalty"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 
@@ -145,6 +142,8 @@ PYBIND11_MODULE(_C, m) {
         reidfast::cuda::pairwise_distance(x, y, out, to_metric(metric), stream);
       },
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"), py::arg("stream"));
+
+
 
   // [bindings: cuda]  (marker: add CUDA bindings above)
 #endif
