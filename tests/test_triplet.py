@@ -230,7 +230,7 @@ def test_cross_entropy_label_smooth_matches_formula():
         (torch.ones(4, 2, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), {}, "embeddings must be floating"),
         (torch.randn(4, 2), torch.zeros(3, dtype=torch.int64), {}, "labels has length 3, expected 4"),
         (torch.randn(4, 2), torch.zeros(4), {}, "labels must be a 1-D integer tensor"),
-        (torch.tensor([[0.0, float("nan")]] * 2), torch.zeros(2, dtype=torch.int64), {}, "embeddings: contains"),
+        (torch.tensor([[0.0, float("nan")]] * 2), torch.zeros(2, dtype=torch.int64), {}, "embeddings contains NaN or Inf"),
         (torch.randn(4, 2), torch.zeros(4, dtype=torch.int64), {"margin": -1.0}, "margin"),
         (torch.randn(4, 2), torch.zeros(4, dtype=torch.int64), {"margin": "hard"}, "margin"),
         (torch.randn(4, 2), torch.zeros(4, dtype=torch.int64), {"metric": "l1"}, "metric must be one of"),

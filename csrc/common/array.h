@@ -81,4 +81,11 @@ inline void check_matrix(const ArrayView& a, const char* name, bool want_cuda) {
   }
 }
 
+// A contiguous host vector of `length` elements of `dtype`.
+inline void check_vector(const ArrayView& a, const char* name, int64_t length, DType dtype) {
+  check(a.ndim() == 1 && a.size(0) == length && (length <= 1 || a.stride(0) == 1) && !a.on_cuda(),
+        std::string(name) + ": expected a contiguous host vector of length " + std::to_string(length));
+  check(a.dtype == dtype, std::string(name) + ": expected dtype " + dtype_name(dtype) + ", got " + dtype_name(a.dtype));
+}
+
 }  // namespace reidfast

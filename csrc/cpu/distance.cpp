@@ -1,6 +1,8 @@
 // Distance and top-k epilogues on the CPU (see distance.h): one pass over a block of dot products.
 #include "distance.h"
 
+#include "epilogue.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,12 +15,6 @@ namespace reidfast {
 namespace cpu {
 namespace {
 
-void check_vector(const ArrayView& a, const char* name, int64_t length, DType dtype) {
-  check(a.ndim() == 1 && a.size(0) == length && (length <= 1 || a.stride(0) == 1) && !a.on_cuda(),
-        std::string(name) + ": expected a contiguous host vector of length " + std::to_string(length));
-  check(a.dtype == dtype, std::string(name) + ": expected dtype " + dtype_name(dtype) + ", got " + dtype_name(a.dtype));
-}
-
 void check_block(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms) {
   check_matrix(gram, "gram", /*want_cuda=*/false);
   check(gram.dtype == DType::Float32 || gram.dtype == DType::Float64,
@@ -26,29 +22,6 @@ void check_block(const ArrayView& gram, const ArrayView& x_sq_norms, const Array
   check_vector(x_sq_norms, "x_sq_norms", gram.size(0), gram.dtype);
   check_vector(y_sq_norms, "y_sq_norms", gram.size(1), gram.dtype);
 }
-
-// The value rows are ranked by: the clamped squared distance for euclidean (the sqrt is monotone and the
-// clamp makes tiny distances tie exactly as after the sqrt), the distance itself otherwise.
-template <typename T>
-struct Epilogue {
-  Metric metric;
-  T x_sq_norm, x_length;
-
-  Epilogue(Metric metric_, T x_sq_norm_)
-      : metric(metric_), x_sq_norm(x_sq_norm_), x_length(std::max(std::sqrt(x_sq_norm_), static_cast<T>(kCosineEps))) {}
-
-  T key(T dot, T y_sq_norm, bool is_self) const {
-    if (metric == Metric::Cosine) {
-      const T y_length = std::max(std::sqrt(y_sq_norm), static_cast<T>(kCosineEps));
-      return T(1) - dot / (x_length * y_length);
-    }
-    const T squared = is_self ? T(0) : x_sq_norm + y_sq_norm - T(2) * dot;
-    return metric == Metric::SqEuclidean ? std::max(squared, T(0))
-                                         : std::max(squared, static_cast<T>(kEuclideanClamp));
-  }
-
-  T distance(T key_value) const { return metric == Metric::Euclidean ? std::sqrt(key_value) : key_value; }
-};
 
 template <typename T>
 void distance_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, Metric metric,

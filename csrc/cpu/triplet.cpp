@@ -3,6 +3,8 @@
 // block never needs more than b x C values and the mining costs one read of them.
 #include "triplet.h"
 
+#include "epilogue.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,27 +14,6 @@
 namespace reidfast {
 namespace cpu {
 namespace {
-
-void check_vector(const ArrayView& a, const char* name, int64_t length, DType dtype) {
-  check(a.ndim() == 1 && a.size(0) == length && (length <= 1 || a.stride(0) == 1) && !a.on_cuda(),
-        std::string(name) + ": expected a contiguous host vector of length " + std::to_string(length));
-  check(a.dtype == dtype, std::string(name) + ": expected dtype " + dtype_name(dtype) + ", got " + dtype_name(a.dtype));
-}
-
-// The value the reference compares: the clamped squared distance for euclidean (its sqrt is monotone, and
-// the clamp makes distances below 1e-6 tie exactly as they do after the sqrt), the distance otherwise.
-template <typename T>
-inline T mining_key(T dot, T norm_a, T norm_c, T length_a, T length_c, Metric metric) {
-  switch (metric) {
-    case Metric::Cosine:
-      return T(1) - dot / (length_a * length_c);
-    case Metric::SqEuclidean:
-      return std::max(norm_a + norm_c - T(2) * dot, T(0));
-    case Metric::Euclidean:
-    default:
-      return std::max(norm_a + norm_c - T(2) * dot, static_cast<T>(kEuclideanClamp));
-  }
-}
 
 template <typename T>
 void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const ArrayView& candidate_sq_norms,
@@ -46,24 +27,18 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
   const int64_t* labels_a = anchor_labels.ptr<int64_t>();
   const int64_t* labels_c = candidate_labels.ptr<int64_t>();
   const int64_t* self_index = anchor_index.ptr<int64_t>();
-  const T eps = static_cast<T>(kCosineEps);
-
-  std::vector<T> lengths_c(static_cast<size_t>(metric == Metric::Cosine ? cols : 0));
-  for (size_t j = 0; j < lengths_c.size(); ++j) lengths_c[j] = std::max(std::sqrt(norms_c[j]), eps);
 
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows; ++i) {
     const T* dots = gram_data + i * row_stride;
     const int64_t label = labels_a[i];
     const int64_t self = self_index[i];
-    const T norm_a = norms_a[i];
-    const T length_a = std::max(std::sqrt(norm_a), eps);
+    const Epilogue<T> epilogue(metric, norms_a[i]);
     T best_positive = -std::numeric_limits<T>::infinity();
     T best_negative = std::numeric_limits<T>::infinity();
     int64_t positive = -1, negative = -1;
     for (int64_t j = 0; j < cols; ++j) {
-      const T length_c = metric == Metric::Cosine ? lengths_c[j] : T(1);
-      const T key = mining_key(dots[j], norm_a, norms_c[j], length_a, length_c, metric);
+      const T key = epilogue.key(dots[j], norms_c[j], /*is_self=*/false);
       // Strict comparisons in increasing j: ties keep the smallest index.
       if (labels_c[j] == label) {
         if (j != self && key > best_positive) {
@@ -75,9 +50,8 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
         negative = j;
       }
     }
-    const bool take_sqrt = metric == Metric::Euclidean;
-    dist_ap.ptr<T>()[i] = positive < 0 ? T(0) : (take_sqrt ? std::sqrt(best_positive) : best_positive);
-    dist_an.ptr<T>()[i] = negative < 0 ? T(0) : (take_sqrt ? std::sqrt(best_negative) : best_negative);
+    dist_ap.ptr<T>()[i] = positive < 0 ? T(0) : epilogue.distance(best_positive);
+    dist_an.ptr<T>()[i] = negative < 0 ? T(0) : epilogue.distance(best_negative);
     positive_index.ptr<int64_t>()[i] = positive;
     negative_index.ptr<int64_t>()[i] = negative;
   }

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native
-from .._arrays import check_finite
 from .._dispatch import Op
 from ..reference import distance as reference_distance
 from ..reference import triplet as reference
@@ -172,28 +171,6 @@ def _backward(ctx: Any, grad_ap, grad_an, _grad_pos, _grad_neg):
 _batch_hard_mine_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_embeddings(name: str, features: torch.Tensor, device: torch.device) -> None:
-    """Shape, dtype and device checks, then NaN/Inf (skipped while torch.compile traces: it needs a sync)."""
-    if not isinstance(features, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
-    if features.device != device:
-        raise ValueError(f"{name} is on {features.device} but embeddings are on {device}")
-    if features.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(features.shape)}")
-    if not features.dtype.is_floating_point:
-        raise ValueError(f"{name} must be floating point, got {features.dtype}")
-    check_finite(features, name)
-
-
-def _check_anchor_index(anchor_index: torch.Tensor, labels: torch.Tensor, candidate_labels: torch.Tensor) -> None:
-    num_candidates = candidate_labels.shape[0]
-    if bool(((anchor_index < reference.NO_INDEX) | (anchor_index >= num_candidates)).any()):
-        raise ValueError(f"anchor_index values must lie in [-1, {num_candidates}), the candidate columns")
-    present = anchor_index >= 0
-    if bool((labels[present] != candidate_labels[anchor_index[present]]).any()):
-        raise ValueError("anchor_index points at candidates whose label differs from the anchor's label")
-
-
 def batch_hard_mine(
     anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
     anchor_index: torch.Tensor, metric: str = "euclidean",
@@ -230,33 +207,9 @@ def batch_hard_triplet_loss(
     for reduction="none", and with return_details=True also a TripletDetails (indices, d_ap, d_an, valid,
     num_valid, fraction_active).
     """
-    _check_embeddings("embeddings", embeddings, embeddings.device)
-    device, num_anchors = embeddings.device, embeddings.shape[0]
-    reference._check_labels("labels", labels, num_anchors, device)
-    reference._check_margin(margin)
-    if metric not in reference_distance.METRICS:
-        raise ValueError(f"metric must be one of {reference_distance.METRICS}, got {metric!r}")
-    if reduction not in reference.REDUCTIONS:
-        raise ValueError(f"reduction must be one of {reference.REDUCTIONS}, got {reduction!r}")
-    if (candidates is None) != (candidate_labels is None):
-        missing = "candidate_labels" if candidate_labels is None else "candidates"
-        raise ValueError(f"candidates and candidate_labels must be given together; {missing} is missing")
-    against_batch = candidates is None
-    if against_batch:
-        candidates, candidate_labels = embeddings, labels
-    else:
-        _check_embeddings("candidates", candidates, device)
-        if candidates.shape[1] != embeddings.shape[1]:
-            raise ValueError(f"candidates have dimension {candidates.shape[1]}, embeddings have {embeddings.shape[1]}")
-        reference._check_labels("candidate_labels", candidate_labels, candidates.shape[0], device)
-    if anchor_index is not None:
-        reference._check_labels("anchor_index", anchor_index, num_anchors, device)
-        if not torch.compiler.is_compiling():
-            _check_anchor_index(anchor_index, labels, candidate_labels)
-    else:
-        anchor_index = (torch.arange(num_anchors, device=device) if against_batch
-                        else torch.full((num_anchors,), reference.NO_INDEX, device=device))
-
+    candidates, candidate_labels, anchor_index, against_batch = reference.validate_arguments(
+        embeddings, labels, margin, metric, reduction, candidates, candidate_labels, anchor_index
+    )
     dtype = torch.promote_types(embeddings.dtype, candidates.dtype)
     anchors = embeddings.to(dtype)
     others = anchors if against_batch else candidates.to(dtype)

@@ -81,7 +81,9 @@ def _check_margin(margin: float | str) -> None:
         raise ValueError(f"margin must be a finite non-negative number or {SOFT_MARGIN!r}, got {margin!r}")
 
 
-def _check_features(name: str, features: torch.Tensor, device: torch.device | None = None) -> None:
+def _check_features(
+    name: str, features: torch.Tensor, device: torch.device | None = None, check_values: bool = True
+) -> None:
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
     if device is not None and features.device != device:
@@ -90,7 +92,7 @@ def _check_features(name: str, features: torch.Tensor, device: torch.device | No
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(features.shape)}")
     if not features.dtype.is_floating_point:
         raise ValueError(f"{name} must be floating point, got {features.dtype}")
-    if not bool(torch.isfinite(features).all()):
+    if check_values and not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
@@ -121,6 +123,63 @@ def _first_extreme_index(distances: torch.Tensor, mask: torch.Tensor, largest: b
     return torch.where(mask.any(dim=1), first, NO_INDEX)
 
 
+def validate_arguments(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | str,
+    metric: str,
+    reduction: str,
+    candidates: torch.Tensor | None,
+    candidate_labels: torch.Tensor | None,
+    anchor_index: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Check every argument (ValueError naming it) -> (candidates, candidate_labels, anchor_index, against_batch).
+
+    anchor_index comes back as a (B,) int64 tensor (-1: absent): arange(B) when scoring against the batch,
+    all -1 for explicit candidates without one. Shared by every backend. Data-dependent checks (NaN/Inf,
+    anchor_index values) are skipped while torch.compile traces, since they need a host sync.
+    """
+    tracing = torch.compiler.is_compiling()
+    _check_features("embeddings", embeddings, check_values=not tracing)
+    device = embeddings.device
+    num_anchors = embeddings.shape[0]
+    _check_labels("labels", labels, num_anchors, device)
+    _check_margin(margin)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if (candidates is None) != (candidate_labels is None):
+        missing = "candidate_labels" if candidate_labels is None else "candidates"
+        raise ValueError(f"candidates and candidate_labels must be given together; {missing} is missing")
+
+    against_batch = candidates is None
+    if against_batch:
+        candidates, candidate_labels = embeddings, labels
+    else:
+        _check_features("candidates", candidates, device, check_values=not tracing)
+        if candidates.shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"candidates have dimension {candidates.shape[1]}, embeddings have {embeddings.shape[1]}"
+            )
+        _check_labels("candidate_labels", candidate_labels, candidates.shape[0], device)
+    num_candidates = candidates.shape[0]
+
+    if anchor_index is None:
+        if against_batch:
+            return candidates, candidate_labels, torch.arange(num_anchors, device=device), True
+        return candidates, candidate_labels, torch.full((num_anchors,), NO_INDEX, device=device), False
+    _check_labels("anchor_index", anchor_index, num_anchors, device)
+    if not tracing:
+        if bool(((anchor_index < NO_INDEX) | (anchor_index >= num_candidates)).any()):
+            raise ValueError(f"anchor_index values must lie in [-1, {num_candidates}), the candidate columns")
+        present = anchor_index >= 0
+        # A present anchor must carry its own label; a mismatch means the indices are misaligned.
+        if bool((labels[present] != candidate_labels[anchor_index[present]]).any()):
+            raise ValueError("anchor_index points at candidates whose label differs from the anchor's label")
+    return candidates, candidate_labels, anchor_index, against_batch
+
+
 def batch_hard_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -142,41 +201,11 @@ def batch_hard_triplet_loss(
     Returns a scalar (reduction mean|sum) or (B,) (none), float32 (float64 if an input is float64);
     with return_details=True, (loss, TripletDetails).
     """
-    _check_features("embeddings", embeddings)
+    candidates, candidate_labels, anchor_index, _ = validate_arguments(
+        embeddings, labels, margin, metric, reduction, candidates, candidate_labels, anchor_index
+    )
     device = embeddings.device
-    num_anchors = embeddings.shape[0]
-    _check_labels("labels", labels, num_anchors, device)
-    _check_margin(margin)
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if (candidates is None) != (candidate_labels is None):
-        missing = "candidate_labels" if candidate_labels is None else "candidates"
-        raise ValueError(f"candidates and candidate_labels must be given together; {missing} is missing")
-
-    scoring_against_batch = candidates is None
-    if scoring_against_batch:
-        candidates, candidate_labels = embeddings, labels
-    else:
-        _check_features("candidates", candidates, device)
-        if candidates.shape[1] != embeddings.shape[1]:
-            raise ValueError(
-                f"candidates have dimension {candidates.shape[1]}, embeddings have {embeddings.shape[1]}"
-            )
-        _check_labels("candidate_labels", candidate_labels, candidates.shape[0], device)
     num_candidates = candidates.shape[0]
-
-    if anchor_index is not None:
-        _check_labels("anchor_index", anchor_index, num_anchors, device)
-        if bool(((anchor_index < NO_INDEX) | (anchor_index >= num_candidates)).any()):
-            raise ValueError(f"anchor_index values must lie in [-1, {num_candidates}), the candidate columns")
-        present = anchor_index >= 0
-        # A present anchor must carry its own label; a mismatch means the indices are misaligned.
-        if bool((labels[present] != candidate_labels[anchor_index[present]]).any()):
-            raise ValueError("anchor_index points at candidates whose label differs from the anchor's label")
-    elif scoring_against_batch:
-        anchor_index = torch.arange(num_anchors, device=device)
 
     dtype = accumulation_dtype(torch.promote_types(embeddings.dtype, candidates.dtype))
     anchors, others = embeddings.to(dtype), candidates.to(dtype)
@@ -186,10 +215,8 @@ def batch_hard_triplet_loss(
     distances = pairwise_distance(anchors, others, metric=metric)  # (B, C)
 
     same_label = labels[:, None] == candidate_labels[None, :]
-    is_positive = same_label
-    if anchor_index is not None:
-        columns = torch.arange(num_candidates, device=device)
-        is_positive = same_label & (columns[None, :] != anchor_index[:, None])
+    columns = torch.arange(num_candidates, device=device)
+    is_positive = same_label & (columns[None, :] != anchor_index[:, None])
     # The anchor's own column carries its label (checked above), so it is never among the negatives.
     is_negative = ~same_label
 

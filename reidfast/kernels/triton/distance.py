@@ -65,7 +65,7 @@ def _pairwise_distance_kernel(
     else:
         squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
         if SAME_INPUT:  # tl.dot and tl.sum round differently: make a row's distance to itself exact
-            squared = tl.where(rows[:, None] == cols[None, :], 0.0, squared)
+            squared = tl.where(rows[:, None] == cols[None, :], squared * 0.0, squared)  # NaN stays NaN
         if METRIC == 1:  # sqeuclidean
             dist = tl.maximum(squared, 0.0)
         else:
