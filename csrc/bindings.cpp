@@ -9,6 +9,7 @@
 #include "common/array.h"
 #include "cpu/distance.h"
 #include "cpu/triplet.h"
+#include "cpu/evaluate.h"
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
@@ -130,6 +131,17 @@ PYBIND11_MODULE(_C, m) {
       py::arg("candidate_labels"), py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"),
       py::arg("dist_an"), py::arg("positive_index"), py::arg("negative_index"));
 
+  m.def(
+      "evaluate_market1501_cpu",
+      [](const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids, const ArrayView& q_camids,
+         const ArrayView& g_camids, const ArrayView& first_match_rank, const ArrayView& average_precision,
+         const ArrayView& inverse_negative_penalty) {
+        py::gil_scoped_release release;
+        reidfast::cpu::evaluate_market1501(distmat, q_pids, g_pids, q_camids, g_camids, first_match_rank,
+                                           average_precision, inverse_negative_penalty);
+      },
+      py::arg("distmat"), py::arg("q_pids"), py::arg("g_pids"), py::arg("q_camids"), py::arg("g_camids"),
+      py::arg("first_match_rank"), py::arg("average_precision"), py::arg("inverse_negative_penalty"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

@@ -5,14 +5,17 @@
     vals, idx = rf.topk_distance(x, y, k=20)             # k nearest per row, blockwise, O(N*k) memory
     loss = rf.batch_hard_triplet_loss(emb, labels)       # fused mining + loss, no B x B matrix
     print(rf.backends())                                 # what is built and usable, and why not
+    res = rf.evaluate(distmat, q_pids, g_pids, q_camids, g_camids)  # .cmc .mAP .mINP .summary()
     with rf.use_backend("reference"): ...                # force one backend
 """
 from __future__ import annotations
 
 from ._dispatch import BackendInfo, BackendUnavailableError, backends, use_backend
 from ._native import build_info
+from .evaluation import EvaluatorResult, ReIDEvaluator, VerificationResult, verification_metrics
 from .losses import BatchHardTripletLoss, CrossEntropyLabelSmooth
 from .ops.distance import pairwise_distance
+from .ops.evaluation import RankingResult, evaluate
 from .ops.topk import topk_distance
 from .ops.triplet import batch_hard_triplet_loss
 
@@ -23,11 +26,17 @@ __all__ = [
     "BackendUnavailableError",
     "BatchHardTripletLoss",
     "CrossEntropyLabelSmooth",
+    "EvaluatorResult",
+    "RankingResult",
+    "ReIDEvaluator",
+    "VerificationResult",
     "__version__",
     "backends",
     "batch_hard_triplet_loss",
     "build_info",
+    "evaluate",
     "pairwise_distance",
     "topk_distance",
     "use_backend",
+    "verification_metrics",
 ]
