@@ -14,7 +14,6 @@ from torch import nn
 
 import reidfast
 from reidfast.demo import synthetic_embeddings
-from reidfast.reference.evaluation import evaluate_market1501
 
 
 def main() -> None:
@@ -47,7 +46,7 @@ def main() -> None:
         q = embed(torch.from_numpy(query.features).to(args.device))
         g = embed(torch.from_numpy(gallery.features).to(args.device))
         distances = reidfast.pairwise_distance(q, g).numpy()
-        return evaluate_market1501(distances, query.pids, gallery.pids, query.camids, gallery.camids).mAP
+        return reidfast.evaluate(distances, query.pids, gallery.pids, query.camids, gallery.camids).mAP
 
     print(f"mAP before training: {mean_ap():.1%}")
     for epoch in range(args.epochs):

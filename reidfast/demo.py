@@ -4,7 +4,7 @@ Synthetic embeddings: each identity has a centre in feature space, each camera a
 shift between cameras), each image its own noise. Queries are one image per test identity; the gallery
 holds that identity's other images (some from the query's camera, which the Market-1501 protocol drops)
 and distractors (pid 0). The demo ranks the gallery with `reidfast.pairwise_distance`, evaluates with the
-Market-1501 protocol, re-ranks with k-reciprocal encoding and evaluates again.
+Market-1501 protocol (`reidfast.evaluate`), re-ranks with k-reciprocal encoding and evaluates again.
 
 (The image-based demo, with the synthetic image dataset, model training and pictures, replaces this when
 those parts land.)
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import reidfast
-from reidfast.reference.evaluation import EvaluationResult, evaluate_market1501
+from reidfast.ops.evaluation import RankingResult
 from reidfast.reference.rerank import re_ranking
 
 
@@ -58,7 +59,7 @@ def synthetic_embeddings(
     return stack(query), stack(gallery)
 
 
-def _row(name: str, result: EvaluationResult, seconds: float) -> str:
+def _row(name: str, result: RankingResult, seconds: float) -> str:
     cmc = result.cmc
     return (f"| {name:<24} | {cmc[0]:6.1%} | {cmc[4]:6.1%} | {cmc[9]:6.1%} | {result.mAP:6.1%} | "
             f"{result.mINP:6.1%} | {seconds * 1e3:9.1f} |")
@@ -71,7 +72,7 @@ def run_demo(seed: int = 0, num_ids: int = 300, out: Path | None = None, overwri
     query, gallery = synthetic_embeddings(num_ids=num_ids, seed=seed)
     print(f"synthetic re-ID embeddings: {len(query.pids)} queries, {len(gallery.pids)} gallery images "
           f"({int((gallery.pids == 0).sum())} distractors), dim {query.features.shape[1]}, seed {seed}")
-    backend, _ = reidfast.ops.distance.PAIRWISE_DISTANCE.select(reidfast.ops.distance.torch.device("cpu"))
+    backend, _ = reidfast.ops.distance.PAIRWISE_DISTANCE.select(torch.device("cpu"))
 
     start = time.perf_counter()
     q_g = reidfast.pairwise_distance(query.features, gallery.features)
@@ -79,15 +80,15 @@ def run_demo(seed: int = 0, num_ids: int = 300, out: Path | None = None, overwri
     g_g = reidfast.pairwise_distance(gallery.features)
     distance_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    plain = evaluate_market1501(q_g, query.pids, gallery.pids, query.camids, gallery.camids)
+    plain = reidfast.evaluate(q_g, query.pids, gallery.pids, query.camids, gallery.camids)
     evaluation_seconds = time.perf_counter() - start
     start = time.perf_counter()
     reranked_distances = re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3)
     rerank_seconds = time.perf_counter() - start
-    reranked = evaluate_market1501(reranked_distances, query.pids, gallery.pids, query.camids, gallery.camids)
+    reranked = reidfast.evaluate(reranked_distances, query.pids, gallery.pids, query.camids, gallery.camids)
 
-    print(f"\ndistances: {distance_seconds * 1e3:.1f} ms on the '{backend}' backend; "
-          f"evaluation {evaluation_seconds * 1e3:.1f} ms; re-ranking {rerank_seconds * 1e3:.1f} ms (reference)\n")
+    print(f"\ndistances: {distance_seconds * 1e3:.1f} ms on the '{backend}' backend; evaluation "
+          f"{evaluation_seconds * 1e3:.1f} ms ('{plain.backend}'); re-ranking {rerank_seconds * 1e3:.1f} ms (reference)\n")
     print("| ranking                  | rank-1 | rank-5 | rank-10|   mAP  |  mINP  | time (ms) |")
     print("|--------------------------|-------:|-------:|-------:|-------:|-------:|----------:|")
     print(_row("euclidean distance", plain, distance_seconds + evaluation_seconds))
