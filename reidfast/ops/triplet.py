@@ -17,14 +17,10 @@ from .._dispatch import Op
 from ..reference import distance as reference_distance
 from ..reference import triplet as reference
 from ..reference.triplet import TripletDetails
-from .distance import _normalize_backward
+from .distance import _normalize_backward, _unit_inner_stride
 
 BATCH_HARD_MINE = Op("batch_hard_triplet_loss")
 _CPU_BLOCK_ELEMENTS = 1 << 22  # dot products per CPU block: 16 MiB of float32, whatever the batch size
-
-
-def _unit_inner_stride(t: torch.Tensor) -> torch.Tensor:
-    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
 def _empty_result(num_anchors: int, dtype: torch.dtype, device: torch.device):
@@ -36,11 +32,7 @@ def _empty_result(num_anchors: int, dtype: torch.dtype, device: torch.device):
 @BATCH_HARD_MINE.register("reference")
 def _mine_reference(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
     distances = reference_distance.pairwise_distance(anchors, candidates, metric)
-    same_label = anchor_labels[:, None] == candidate_labels[None, :]
-    columns = torch.arange(candidates.shape[0], device=anchors.device)
-    is_positive = same_label & (columns[None, :] != anchor_index[:, None])
-    positive = reference._first_extreme_index(distances, is_positive, largest=True)
-    negative = reference._first_extreme_index(distances, ~same_label, largest=False)
+    positive, negative = reference.hardest_pairs(distances, anchor_labels, candidate_labels, anchor_index)
     if candidates.shape[0] == 0:
         return _empty_result(anchors.shape[0], distances.dtype, anchors.device)
     dist_ap = torch.where(positive >= 0, distances.gather(1, positive.clamp_min(0)[:, None]).squeeze(1), 0.0)

@@ -123,6 +123,18 @@ def _first_extreme_index(distances: torch.Tensor, mask: torch.Tensor, largest: b
     return torch.where(mask.any(dim=1), first, NO_INDEX)
 
 
+def hardest_pairs(
+    distances: torch.Tensor, labels: torch.Tensor, candidate_labels: torch.Tensor, anchor_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hardest_positive, hardest_negative) column per anchor of distances (B, C): (B,) int64 each, -1 if none."""
+    same_label = labels[:, None] == candidate_labels[None, :]
+    columns = torch.arange(distances.shape[1], device=distances.device)
+    is_positive = same_label & (columns[None, :] != anchor_index[:, None])
+    # The anchor's own column carries its label (validate_arguments checks it), so it is never a negative.
+    return (_first_extreme_index(distances, is_positive, largest=True),
+            _first_extreme_index(distances, ~same_label, largest=False))
+
+
 def validate_arguments(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -204,7 +216,6 @@ def batch_hard_triplet_loss(
     candidates, candidate_labels, anchor_index, _ = validate_arguments(
         embeddings, labels, margin, metric, reduction, candidates, candidate_labels, anchor_index
     )
-    device = embeddings.device
     num_candidates = candidates.shape[0]
 
     dtype = accumulation_dtype(torch.promote_types(embeddings.dtype, candidates.dtype))
@@ -214,15 +225,8 @@ def batch_hard_triplet_loss(
         others = F.normalize(others, dim=1, eps=NORMALIZE_EPS)
     distances = pairwise_distance(anchors, others, metric=metric)  # (B, C)
 
-    same_label = labels[:, None] == candidate_labels[None, :]
-    columns = torch.arange(num_candidates, device=device)
-    is_positive = same_label & (columns[None, :] != anchor_index[:, None])
-    # The anchor's own column carries its label (checked above), so it is never among the negatives.
-    is_negative = ~same_label
-
     with torch.no_grad():
-        hardest_positive = _first_extreme_index(distances, is_positive, largest=True)
-        hardest_negative = _first_extreme_index(distances, is_negative, largest=False)
+        hardest_positive, hardest_negative = hardest_pairs(distances, labels, candidate_labels, anchor_index)
     valid = (hardest_positive >= 0) & (hardest_negative >= 0)
 
     if num_candidates == 0:
