@@ -13,6 +13,7 @@
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
+#include "cuda/topk.h"
 // [includes: cuda]  (marker: add CUDA headers above)
 #endif
 #ifdef _OPENMP
@@ -156,6 +157,15 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"), py::arg("stream"));
 
 
+  m.attr("cuda_topk_max_k") = reidfast::cuda::kTopkMaxK;
+  m.def("topk_distance_workspace_bytes", &reidfast::cuda::topk_distance_workspace_bytes);
+  m.def("topk_distance_cuda", [](const ArrayView& x, const ArrayView& y, int64_t k, int metric, bool exclude_self,
+                                 const ArrayView& values, const ArrayView& indices, const ArrayView& workspace,
+                                 std::uintptr_t stream) {
+        py::gil_scoped_release release;
+        reidfast::cuda::topk_distance(x, y, k, to_metric(metric), exclude_self, values, indices, workspace, stream);
+      }, py::arg("x"), py::arg("y"), py::arg("k"), py::arg("metric"), py::arg("exclude_self"), py::arg("values"),
+      py::arg("indices"), py::arg("workspace"), py::arg("stream"));
 
   // [bindings: cuda]  (marker: add CUDA bindings above)
 #endif

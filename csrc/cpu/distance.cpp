@@ -34,7 +34,7 @@ void distance_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const Ar
     T* row = gram.ptr<T>() + i * stride;
     const Epilogue<T> epilogue(metric, x_norms[i]);
     const int64_t self = self_offset >= 0 ? self_offset + i : -1;
-    for (int64_t j = 0; j < cols; ++j) row[j] = epilogue.distance(epilogue.key(row[j], y_norms[j], j == self));
+    for (int64_t j = 0; j < cols; ++j) row[j] = epilogue.distance(row[j], y_norms[j], j == self);
   }
 }
 
@@ -57,7 +57,7 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
       heap.clear();
       for (int64_t j = 0; j < cols; ++j) {
         if (exclude_self && j == self) continue;
-        const Entry entry(epilogue.key(row[j], y_norms[j], j == self), j);
+        const Entry entry(epilogue.distance(row[j], y_norms[j], j == self), j);
         if (static_cast<int64_t>(heap.size()) < k) {
           heap.push_back(entry);
           std::push_heap(heap.begin(), heap.end());
@@ -71,7 +71,7 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
       T* out_values = values.ptr<T>() + i * k;
       int64_t* out_indices = indices.ptr<int64_t>() + i * k;
       for (int64_t r = 0; r < k; ++r) {
-        out_values[r] = epilogue.distance(heap[r].first);
+        out_values[r] = heap[r].first;
         out_indices[r] = heap[r].second;
       }
     }

@@ -9,8 +9,8 @@
 namespace reidfast {
 namespace cpu {
 
-// The value rows are ranked by: the clamped squared distance for euclidean (the sqrt is monotone and the
-// clamp makes tiny distances tie exactly as after the sqrt), the distance itself otherwise.
+// Rows are ranked by the distance itself (not, say, the squared euclidean distance): two pairs whose
+// distances round to the same value then tie and go to the smaller index, exactly as in the reference.
 template <typename T>
 struct Epilogue {
   Metric metric;
@@ -19,7 +19,7 @@ struct Epilogue {
   Epilogue(Metric metric_, T x_sq_norm_)
       : metric(metric_), x_sq_norm(x_sq_norm_), x_length(std::max(std::sqrt(x_sq_norm_), static_cast<T>(kCosineEps))) {}
 
-  T key(T dot, T y_sq_norm, bool is_self) const {
+  T distance(T dot, T y_sq_norm, bool is_self) const {
     if (metric == Metric::Cosine) {
       const T y_length = std::max(std::sqrt(y_sq_norm), static_cast<T>(kCosineEps));
       return T(1) - dot / (x_length * y_length);
@@ -28,10 +28,8 @@ struct Epilogue {
     const T raw = x_sq_norm + y_sq_norm - T(2) * dot;
     const T squared = is_self ? raw * T(0) : raw;
     return metric == Metric::SqEuclidean ? std::max(squared, T(0))
-                                         : std::max(squared, static_cast<T>(kEuclideanClamp));
+                                         : std::sqrt(std::max(squared, static_cast<T>(kEuclideanClamp)));
   }
-
-  T distance(T key_value) const { return metric == Metric::Euclidean ? std::sqrt(key_value) : key_value; }
 };
 
 }  // namespace cpu

@@ -38,7 +38,7 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
     T best_negative = std::numeric_limits<T>::infinity();
     int64_t positive = -1, negative = -1;
     for (int64_t j = 0; j < cols; ++j) {
-      const T key = epilogue.key(dots[j], norms_c[j], /*is_self=*/false);
+      const T key = epilogue.distance(dots[j], norms_c[j], /*is_self=*/false);
       // Strict comparisons in increasing j: ties keep the smallest index.
       if (labels_c[j] == label) {
         if (j != self && key > best_positive) {
@@ -50,8 +50,8 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
         negative = j;
       }
     }
-    dist_ap.ptr<T>()[i] = positive < 0 ? T(0) : epilogue.distance(best_positive);
-    dist_an.ptr<T>()[i] = negative < 0 ? T(0) : epilogue.distance(best_negative);
+    dist_ap.ptr<T>()[i] = positive < 0 ? T(0) : best_positive;
+    dist_an.ptr<T>()[i] = negative < 0 ? T(0) : best_negative;
     positive_index.ptr<int64_t>()[i] = positive;
     negative_index.ptr<int64_t>()[i] = negative;
   }

@@ -16,7 +16,7 @@ Kernel design: each program owns BLOCK_B anchors and sweeps all candidates in BL
 (D in BLOCK_D chunks, tl.dot for the products, candidate norms fused). Each tile folds into a running
 (best value, best index) per anchor: the tile's extreme value, the smallest column holding it, and a
 replacement only when strictly better, so earlier (smaller) indices keep ties. Euclidean distances are mined
-on the clamped square (sqrt is monotone) and only the two winners per anchor are square-rooted.
+on the distance itself: two squared distances that round to the same float32 distance tie, as in the reference.
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def _batch_hard_mine_kernel(
             else:
                 acc = tl.dot(anchor_tile, tl.trans(candidate_tile), acc, input_precision=INPUT_PRECISION)
 
-        # score: the distance for sqeuclidean/cosine, its clamped square for euclidean (same order).
+        # score: the distance itself, so equal float32 distances tie exactly as the reference's do.
         if METRIC == 2:  # cosine
             candidate_length = tl.maximum(_correctly_rounded_sqrt(candidate_norm, FP64), 1e-12)
             score = 1.0 - acc / (anchor_length[:, None] * candidate_length[None, :])
@@ -103,7 +103,7 @@ def _batch_hard_mine_kernel(
             if METRIC == 1:  # sqeuclidean
                 score = tl.maximum(squared, 0.0)
             else:
-                score = tl.maximum(squared, 1e-12)
+                score = _correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
 
         candidate_labels = tl.load(candidate_labels_ptr + cols, mask=col_ok, other=0)
         same_label = labels[:, None] == candidate_labels[None, :]
@@ -126,9 +126,6 @@ def _batch_hard_mine_kernel(
         best_negative = tl.where(better, tile_min, best_negative)
         best_negative_index = tl.where(better, tile_min_index, best_negative_index)
 
-    if METRIC == 0:  # euclidean: square roots of the two winners only
-        best_positive = _correctly_rounded_sqrt(tl.where(best_positive_index >= 0, best_positive, 1.0), FP64)
-        best_negative = _correctly_rounded_sqrt(tl.where(best_negative_index >= 0, best_negative, 1.0), FP64)
     dist_ap = tl.where(best_positive_index >= 0, best_positive, 0.0)
     dist_an = tl.where(best_negative_index >= 0, best_negative, 0.0)
     tl.store(dist_ap_ptr + rows, dist_ap.to(dist_ap_ptr.dtype.element_ty), mask=row_ok)

@@ -1,0 +1,406 @@
+"""Triton fused pairwise distance + row top-k: the k nearest rows of y for every row of x, no N x M matrix.
+
+Distances exactly as reidfast/reference/distance.py defines them (float32 accumulation, float64 for float64
+inputs; float32 products follow torch.backends.cuda.matmul.allow_tf32 like torch.mm):
+    euclidean   sqrt(max(nx + ny - 2 x.y, 1e-12))     ranked on the distance itself (ties as the reference's)
+    sqeuclidean max(nx + ny - 2 x.y, 0)
+    cosine      1 - x.y / (max(|x|, 1e-12) max(|y|, 1e-12))   (may be slightly negative; ranked as it is)
+When x and y are the same rows in memory (same data_ptr and row stride) a row's squared distance to itself is
+forced to exactly 0, as in distance.py (tl.dot and tl.sum round differently). Results are sorted ascending
+by (distance, column): equal distances list the smaller column first.
+
+Kernel design. Each program owns BLOCK_N rows of x (their norms computed once) and sweeps y in BLOCK_M
+column tiles (D in BLOCK_D chunks, tl.dot products, y norms fused), keeping a running, sorted (BLOCK_N, K_PAD)
+top-k per row, K_PAD = next power of two >= k. Every candidate is one ordering key:
+
+  16/32-bit inputs: one int64 key = (monotone int32 image of the float32 score) << 32 | column.
+      The score's float32 bits b are mapped to s = b if b >= 0 else b ^ 0x7fffffff (the usual total order of
+      IEEE floats as signed integers; -0 is first turned into +0 and every NaN into the positive quiet NaN,
+      so NaN ranks after +inf as in torch.sort). Ascending int64 order is ascending (score, column), and the
+      score is decoded from the key exactly, so no value travels beside it.
+  float64 inputs: the score needs all 64 bits, so the key is a pair (int64 monotone image of the float64
+      score, int32 column) compared lexicographically by a bitonic network written here (the same hypercube
+      compare-and-swap as tl.sort, swapping both halves of the pair). Exact in float64: the order and ties
+      are those of the float64 reference, not of a float32 rounding.
+
+Merging a tile: a bitonic top-k (as tl.topk: sort runs of K_PAD, then repeatedly halve by the elementwise
+minimum of an ascending and a descending run) reduces the tile's (BLOCK_N, BLOCK_M) keys to its K_PAD
+smallest, sorted descending (BLOCK_M >= K_PAD always); the elementwise minimum of the ascending running list
+and that descending list holds the K_PAD smallest of their union as a bitonic sequence, and one bitonic merge
+(log2 K_PAD compare-and-swap rounds) sorts it again. A tile whose smallest key beats no row's current
+K_PAD-th key is skipped. Masked rows/columns and the excluded self column get the largest key; columns must
+be < 2**31. The network is written here rather than taken from tl.topk/tl.bitonic_merge to carry the float64
+column payload and to run fast under TRITON_INTERPRET=1 (see _axis_last); compiled, it is tl.sort's network.
+
+Non-finite inputs are the op layer's business (it rejects them): NaN scores rank after +inf, but tl.maximum
+and torch.clamp_min treat NaN differently, so such rows need not match the reference.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction, constexpr_function
+
+from ..._native import METRIC_CODES
+
+MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # triton.jit reads only constexpr globals
+_INT32_MAX = tl.constexpr(0x7FFFFFFF)
+
+
+@triton.jit
+def _sqrt(value, FP64: tl.constexpr):
+    """Correctly rounded square root (tl.sqrt is the fast approximate one on NVIDIA GPUs for float32)."""
+    if FP64:
+        return tl.sqrt(value)
+    else:
+        return tl.sqrt_rn(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bitonic top-k and merge along the last axis of (R, C) keys, C a power of two, on the hypercube view
+# [2] * log2(R * C) as in triton.language.standard (tl.topk / tl.bitonic_merge), extended with an optional
+# int32 column payload (PAIRS: keys compared lexicographically as (key, col)). Compiled, an element's partner
+# across a hypercube dimension is x ^ xor_sum(x) as in tl.sort (the xors fold away); the interpreter runs
+# xor_sum as a per-element Python loop, so there (SWAP_BY_PERMUTE) the partner comes from permute, split
+# and join instead: the same values, in a few numpy calls.
+
+
+@constexpr_function
+def _log2(value):
+    result = 0
+    while value > 1:
+        value >>= 1
+        result += 1
+    return result
+
+
+@constexpr_function
+def _axis_last(n_dims, axis):
+    """Permutation moving hypercube dimension `axis` last (undone by _axis_back). Under the interpreter the
+    partner across `axis` is found by permute/split/join (builtins) instead of x ^ xor_sum(x, axis): every
+    reduction with a non-standard combine function runs there as a per-element Python loop, and every
+    nested jit call re-patches triton.language, so the swap is written inline."""
+    return [d for d in range(n_dims) if d != axis] + [axis]
+
+
+@constexpr_function
+def _axis_back(n_dims, axis):
+    return list(range(axis)) + [n_dims - 1] + list(range(axis, n_dims - 1))
+
+
+@triton.jit
+def _merge_hypercube(key, col, stage: tl.constexpr, order: tl.constexpr, PAIRS: tl.constexpr,
+                     SWAP_BY_PERMUTE: tl.constexpr):
+    """`stage` compare-and-swap rounds on the innermost hypercube dimensions; order 0: ascending runs of
+    2**stage, 1: descending, 2: alternating. (Written inline: every nested jit call costs the interpreter
+    more than the numpy work it does.)"""
+    n_dims: tl.constexpr = _log2(key.numel)
+    if order == 2:  # 0 on the left, 1 on the right half of dimension `stage`
+        flip = tl.reshape(tl.arange(0, 2), [1] * (n_dims - stage - 1) + [2] + [1] * stage)
+    else:
+        flip = order
+    # (no constexpr assignments in the loop: triton refuses to reassign them)
+    for i in tl.static_range(stage - 1, -1, -1):
+        # each element's partner across hypercube dimension n_dims - 1 - i
+        if SWAP_BY_PERMUTE:
+            lo, hi = tl.split(tl.permute(key, _axis_last(_log2(key.numel), n_dims - 1 - i)))
+            other_key = tl.permute(tl.join(hi, lo), _axis_back(_log2(key.numel), n_dims - 1 - i))
+        else:
+            other_key = key ^ tl.xor_sum(key, n_dims - 1 - i, True)
+        is_right = tl.reshape(tl.arange(0, 2), [1] * (n_dims - i - 1) + [2] + [1] * i)
+        if PAIRS:
+            if SWAP_BY_PERMUTE:
+                lo, hi = tl.split(tl.permute(col, _axis_last(_log2(col.numel), n_dims - 1 - i)))
+                other_col = tl.permute(tl.join(hi, lo), _axis_back(_log2(col.numel), n_dims - 1 - i))
+            else:
+                other_col = col ^ tl.xor_sum(col, n_dims - 1 - i, True)
+            greater = (key > other_key) | ((key == other_key) & (col > other_col))
+            swap = greater != (flip ^ is_right).to(tl.int1)
+            col = tl.where(swap, other_col, col)
+        else:
+            swap = (key > other_key) != (flip ^ is_right).to(tl.int1)
+        key = tl.where(swap, other_key, key)
+    return key, col
+
+
+@triton.jit
+def _topk_smallest(key, col, K: tl.constexpr, ORDER: tl.constexpr, PAIRS: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr):
+    """The K smallest entries of each row of (R, C) keys (and their cols), sorted ascending (ORDER 0) or
+    descending (ORDER 1) -> (R, K). Bitonic top-k: sort runs of K, then repeatedly halve by elementwise min
+    of an ascending and a descending run and re-merge."""
+    ROWS: tl.constexpr = key.shape[0]
+    log_n: tl.constexpr = _log2(key.shape[1])
+    log_k: tl.constexpr = _log2(K)
+    if log_k == 0:
+        smallest = tl.min(key, 1, keep_dims=True)
+        if PAIRS:
+            col = tl.min(tl.where(key == smallest, col, _INT32_MAX), 1, keep_dims=True)
+        key = smallest
+    else:
+        n_dims: tl.constexpr = _log2(key.numel)
+        key = tl.reshape(key, [2] * n_dims)
+        if PAIRS:
+            col = tl.reshape(col, [2] * n_dims)
+        for i in tl.static_range(1, log_k + 1):
+            key, col = _merge_hypercube(key, col, i, 2 if i < log_n else ORDER, PAIRS, SWAP_BY_PERMUTE)
+        for i in tl.static_range(log_k + 1, log_n + 1):
+            # halve: keep the smaller of each two entries across the dimension above the runs of K
+            if PAIRS:
+                if SWAP_BY_PERMUTE:
+                    lo, hi = tl.split(tl.permute(key, _axis_last(_log2(key.numel), _log2(key.numel) - 1 - log_k)))
+                    other_key = tl.permute(tl.join(hi, lo), _axis_back(_log2(key.numel), _log2(key.numel) - 1 - log_k))
+                    lo, hi = tl.split(tl.permute(col, _axis_last(_log2(col.numel), _log2(col.numel) - 1 - log_k)))
+                    other_col = tl.permute(tl.join(hi, lo), _axis_back(_log2(col.numel), _log2(col.numel) - 1 - log_k))
+                else:
+                    other_key = key ^ tl.xor_sum(key, _log2(key.numel) - 1 - log_k, True)
+                    other_col = col ^ tl.xor_sum(col, _log2(col.numel) - 1 - log_k, True)
+                take_other = (other_key < key) | ((other_key == key) & (other_col < col))
+                # both entries across the axis now hold the same pair
+                col = tl.min(tl.where(take_other, other_col, col), _log2(col.numel) - 1 - log_k)
+                key = tl.min(tl.where(take_other, other_key, key), _log2(key.numel) - 1 - log_k)
+            else:
+                key = tl.min(key, _log2(key.numel) - 1 - log_k)
+            key, col = _merge_hypercube(key, col, log_k, 2 if i < log_n else ORDER, PAIRS, SWAP_BY_PERMUTE)
+        key = tl.reshape(key, [ROWS, K])
+        if PAIRS:
+            col = tl.reshape(col, [ROWS, K])
+    return key, col
+
+
+@triton.jit
+def _bitonic_sort_rows(key, col, PAIRS: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr):
+    """Sort each row of (R, K) entries that form a bitonic sequence, ascending."""
+    ROWS: tl.constexpr = key.shape[0]
+    K: tl.constexpr = key.shape[1]
+    n_dims: tl.constexpr = _log2(key.numel)
+    key = tl.reshape(key, [2] * n_dims)
+    if PAIRS:
+        col = tl.reshape(col, [2] * n_dims)
+    key, col = _merge_hypercube(key, col, _log2(K), 0, PAIRS, SWAP_BY_PERMUTE)
+    key = tl.reshape(key, [ROWS, K])
+    if PAIRS:
+        col = tl.reshape(col, [ROWS, K])
+    return key, col
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _topk_distance_kernel(
+    x_ptr, y_ptr, values_ptr, indices_ptr, n, m, dim, k, x_row_stride, y_row_stride,
+    METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP64: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_type = tl.float64 if FP64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n
+    x_offsets = rows.to(tl.int64) * x_row_stride  # int64: row * stride can pass 2**31
+
+    x_norm = tl.zeros((BLOCK_N,), dtype=acc_type)
+    for start in range(0, dim, BLOCK_D):
+        feats = start + tl.arange(0, BLOCK_D)
+        x_tile = tl.load(x_ptr + x_offsets[:, None] + feats[None, :],
+                         mask=row_ok[:, None] & (feats < dim)[None, :], other=0.0).to(acc_type)
+        x_norm += tl.sum(x_tile * x_tile, axis=1)
+    x_length = tl.maximum(_sqrt(x_norm, FP64), 1e-12)
+
+    # running top-K_PAD per row, sorted ascending; "no candidate" is the largest key
+    best_key = tl.full((BLOCK_N, K_PAD), _INT64_MAX, dtype=tl.int64)
+    if FP64:
+        best_col = tl.full((BLOCK_N, K_PAD), _INT32_MAX, dtype=tl.int32)
+
+    for column_start in range(0, m, BLOCK_M):
+        cols = column_start + tl.arange(0, BLOCK_M)
+        col_ok = cols < m
+        y_offsets = cols.to(tl.int64) * y_row_stride
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=acc_type)
+        y_norm = tl.zeros((BLOCK_M,), dtype=acc_type)
+        for start in range(0, dim, BLOCK_D):
+            feats = start + tl.arange(0, BLOCK_D)
+            feat_ok = feats < dim
+            x_tile = tl.load(x_ptr + x_offsets[:, None] + feats[None, :],
+                             mask=row_ok[:, None] & feat_ok[None, :], other=0.0)
+            y_tile = tl.load(y_ptr + y_offsets[:, None] + feats[None, :],
+                             mask=col_ok[:, None] & feat_ok[None, :], other=0.0)
+            y_wide = y_tile.to(acc_type)
+            y_norm += tl.sum(y_wide * y_wide, axis=1)
+            if FP64:
+                acc += tl.sum(x_tile.to(acc_type)[:, None, :] * y_wide[None, :, :], axis=2)
+            elif UPCAST_DOT:
+                acc = tl.dot(x_tile.to(acc_type), tl.trans(y_wide), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x_tile, tl.trans(y_tile), acc, input_precision=INPUT_PRECISION)
+
+        # score: the distance itself, so equal float32 distances tie exactly as the reference's do
+        if METRIC == 2:  # cosine
+            y_length = tl.maximum(_sqrt(y_norm, FP64), 1e-12)
+            score = 1.0 - acc / (x_length[:, None] * y_length[None, :])
+        else:
+            squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
+            if SAME_INPUT:  # exact self-distance; NaN stays NaN
+                squared = tl.where(rows[:, None] == cols[None, :], squared * 0.0, squared)
+            if METRIC == 1:  # sqeuclidean
+                score = tl.maximum(squared, 0.0)
+            else:
+                score = _sqrt(tl.maximum(squared, 1e-12), FP64)
+        score = tl.where(score == 0.0, 0.0, score)  # -0 -> +0: equal scores must give equal keys
+
+        valid = row_ok[:, None] & col_ok[None, :]
+        if EXCLUDE_SELF:
+            valid = valid & (rows[:, None] != cols[None, :])
+
+        if FP64:
+            bits = score.to(tl.int64, bitcast=True)
+            bits = tl.where(score != score, 0x7FF8000000000000, bits)
+            bits = tl.where(bits >= 0, bits, bits ^ _INT64_MAX)
+            key = tl.where(valid, bits, _INT64_MAX)
+            col = tl.where(valid, cols[None, :], _INT32_MAX)
+            threshold = tl.max(best_key, axis=1)
+            if tl.max((tl.min(key, axis=1) <= threshold).to(tl.int32), axis=0) > 0:
+                tile_key, tile_col = _topk_smallest(key, col, K_PAD, 1, True, SWAP_BY_PERMUTE)  # descending
+                # ascending running vs descending tile: the lexicographic minimum is bitonic and holds
+                # the K_PAD smallest of the union
+                take_tile = (tile_key < best_key) | ((tile_key == best_key) & (tile_col < best_col))
+                best_key, best_col = _bitonic_sort_rows(tl.where(take_tile, tile_key, best_key),
+                                                        tl.where(take_tile, tile_col, best_col), True, SWAP_BY_PERMUTE)
+        else:
+            bits = score.to(tl.int32, bitcast=True)
+            bits = tl.where(score != score, 0x7FC00000, bits)
+            bits = tl.where(bits >= 0, bits, bits ^ _INT32_MAX)
+            key = (bits.to(tl.int64) << 32) | cols.to(tl.int64)[None, :]
+            key = tl.where(valid, key, _INT64_MAX)
+            threshold = tl.max(best_key, axis=1)
+            if tl.max((tl.min(key, axis=1) < threshold).to(tl.int32), axis=0) > 0:
+                tile_best, _ = _topk_smallest(key, key, K_PAD, 1, False, SWAP_BY_PERMUTE)  # descending
+                best_key, _ = _bitonic_sort_rows(tl.minimum(best_key, tile_best), best_key, False, SWAP_BY_PERMUTE)
+
+    # decode
+    if FP64:
+        bits = tl.where(best_key >= 0, best_key, best_key ^ _INT64_MAX)
+        value = bits.to(tl.float64, bitcast=True)
+        index = best_col.to(tl.int64)
+    else:
+        bits = (best_key >> 32).to(tl.int32)
+        bits = tl.where(bits >= 0, bits, bits ^ _INT32_MAX)
+        value = bits.to(tl.float32, bitcast=True)
+        index = best_key & _INT32_MAX
+    slots = tl.arange(0, K_PAD)
+    out_offsets = rows.to(tl.int64)[:, None] * k + slots[None, :]
+    out_mask = row_ok[:, None] & (slots < k)[None, :]
+    tl.store(values_ptr + out_offsets, value.to(values_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(indices_ptr + out_offsets, index, mask=out_mask)
+
+
+# Under TRITON_INTERPRET=1 triton.jit returns an interpreter object: autotuning there is slow and pointless.
+_COMPILED = isinstance(_topk_distance_kernel, JITFunction)
+_INTERPRETER_BLOCK = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_D=16)
+# how the bitonic network finds partners: permute/split/join under the interpreter, xor_sum compiled (tests
+# flip it to run the compiled formulation in the interpreter too)
+_SWAP_BY_PERMUTE = not _COMPILED
+_TUNED: dict[int, object] = {}
+
+
+def _interpreter_blocks(k_pad: int) -> dict:
+    return dict(_INTERPRETER_BLOCK, BLOCK_M=max(_INTERPRETER_BLOCK["BLOCK_M"], k_pad))
+
+
+def _fp64_blocks(k_pad: int) -> dict:
+    # float64 has no tensor-core dot: the (BLOCK_N, BLOCK_M, BLOCK_D) broadcast product must stay small
+    block_m = max(16, k_pad)
+    return dict(BLOCK_N=16, BLOCK_M=block_m, BLOCK_D=max(1, 4096 // (16 * block_m)), num_warps=4)
+
+
+def _tuned_kernel(k_pad: int):
+    """The autotuned kernel for one K_PAD (configs keep BLOCK_M >= K_PAD and the per-program keys bounded)."""
+    if k_pad not in _TUNED:
+        configs = []
+        # (ptxas for sm_90, no device needed: none spills for K_PAD <= 16 but (32, 64, 4 warps) with 8-16
+        # bytes; at K_PAD = 128 (64, 128, 32, 8 warps) and (32, 128, 32, 8 warps) do not spill, the others do)
+        for block_n, block_m, block_d, warps, stages in (
+            (32, 64, 32, 4, 3), (64, 64, 32, 8, 3), (64, 128, 32, 8, 3),
+            (128, 64, 32, 8, 3), (32, 128, 32, 8, 3), (64, 64, 64, 8, 2),
+        ):
+            block_m = max(block_m, k_pad)
+            if block_n * (block_m + k_pad) > 16384:  # int64 keys held per program
+                continue
+            config = triton.Config({"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_D": block_d},
+                                   num_warps=warps, num_stages=stages)
+            if all((config.kwargs, config.num_warps) != (other.kwargs, other.num_warps) for other in configs):
+                configs.append(config)
+        # the autotuner adds the argument dtypes to the key itself; K_PAD is this kernel's
+        _TUNED[k_pad] = triton.autotune(configs=configs, key=["n", "m", "dim"])(_topk_distance_kernel)
+    return _TUNED[k_pad]
+
+
+def _check_features(name: str, features: torch.Tensor) -> None:
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.dtype not in _FLOAT_DTYPES:
+        description = (f"{tuple(features.shape)} {features.dtype}" if isinstance(features, torch.Tensor)
+                       else type(features).__name__)
+        raise ValueError(f"{name} must be a 2-D tensor with a dtype in {_FLOAT_DTYPES}, got {description}")
+    if features.shape[1] > 1 and features.stride(1) != 1:
+        raise ValueError(f"{name} must have unit inner stride, got strides {features.stride()}")
+
+
+def topk_distance(
+    x: torch.Tensor, y: torch.Tensor, k: int, metric: str = "euclidean", exclude_self: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest rows of y (M, D) for every row of x (N, D), without an N x M matrix.
+
+    x, y: one floating dtype (float32, float16, bfloat16, float64), unit inner stride, any row stride, one
+    device. exclude_self: x and y are the same rows, and column i is skipped for row i. 1 <= k <= MAX_K and
+    k <= M - exclude_self (larger k is the caller's business).
+    Returns (values (N, k) float32 (float64 for float64 inputs), indices (N, k) int64), each row sorted
+    ascending by (distance, column).
+    """
+    original_k = k
+    if not isinstance(metric, str) or metric not in METRIC_CODES:
+        raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
+    _check_features("x", x)
+    _check_features("y", y)
+    if y.dtype != x.dtype or y.device != x.device or y.shape[1] != x.shape[1]:
+        raise ValueError(f"y {tuple(y.shape)} {y.dtype} on {y.device} does not match "
+                         f"x {tuple(x.shape)} {x.dtype} on {x.device}")
+    num_rows, dim = x.shape
+    num_cols = y.shape[0]
+    if num_cols >= 2**31:
+        raise ValueError(f"y must have fewer than 2**31 rows, got {num_cols}")
+    exclude_self = bool(exclude_self)
+    limit = min(MAX_K, num_cols - int(exclude_self))
+    try:
+        k = operator.index(k) if not isinstance(k, bool) else None
+    except TypeError:
+        k = None
+    if k is None or not 1 <= k <= limit:
+        raise ValueError(f"k must be an integer in [1, {limit}] (MAX_K={MAX_K}, M={num_cols}, "
+                         f"exclude_self={exclude_self}), got {original_k!r}")
+
+    fp64 = x.dtype == torch.float64
+    values = torch.empty((num_rows, k), dtype=torch.float64 if fp64 else torch.float32, device=x.device)
+    indices = torch.empty((num_rows, k), dtype=torch.int64, device=x.device)
+    if num_rows == 0:
+        return values, indices
+
+    k_pad = triton.next_power_of_2(k)
+    precision = "tf32" if (x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    # The interpreter multiplies bfloat16 tiles wrongly; products of bfloat16 values are exact in float32.
+    upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
+    # Same storage and row stride: row r of both is the same vector, whatever the row counts.
+    same_input = x.data_ptr() == y.data_ptr() and (num_rows <= 1 or num_cols <= 1 or x.stride(0) == y.stride(0))
+    arguments = (values, indices, num_rows, num_cols, dim, k, x.stride(0), y.stride(0))
+    flags = dict(METRIC=METRIC_CODES[metric], SAME_INPUT=same_input, EXCLUDE_SELF=exclude_self, FP64=fp64,
+                 INPUT_PRECISION=precision, UPCAST_DOT=upcast_dot, SWAP_BY_PERMUTE=_SWAP_BY_PERMUTE, K_PAD=k_pad)
+    if not _COMPILED or fp64:
+        blocks = _interpreter_blocks(k_pad) if not _COMPILED else _fp64_blocks(k_pad)
+        grid = (triton.cdiv(num_rows, blocks["BLOCK_N"]),)
+        _topk_distance_kernel[grid](x, y, *arguments, **flags, **blocks)
+    else:
+        grid = lambda meta: (triton.cdiv(num_rows, meta["BLOCK_N"]),)  # noqa: E731
+        _tuned_kernel(k_pad)[grid](x, y, *arguments, **flags)
+    return values, indices
