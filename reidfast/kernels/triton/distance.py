@@ -14,17 +14,9 @@ import triton
 import triton.language as tl
 
 from ..._native import METRIC_CODES
+from .common import correctly_rounded_sqrt
 
 _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = METRIC_CODES["euclidean"], METRIC_CODES["sqeuclidean"], METRIC_CODES["cosine"]
-
-
-@triton.jit
-def _sqrt(value, FP64: tl.constexpr):
-    """Correctly rounded square root (tl.sqrt is the fast approximate one on NVIDIA GPUs for float32)."""
-    if FP64:
-        return tl.sqrt(value)
-    else:
-        return tl.sqrt_rn(value)
 
 
 @triton.jit
@@ -59,8 +51,8 @@ def _pairwise_distance_kernel(
         else:
             acc = tl.dot(x_tile, tl.trans(y_tile), acc, input_precision=INPUT_PRECISION)
     if METRIC == 2:  # cosine
-        x_len = tl.maximum(_sqrt(x_norm, FP64), 1e-12)
-        y_len = tl.maximum(_sqrt(y_norm, FP64), 1e-12)
+        x_len = tl.maximum(correctly_rounded_sqrt(x_norm, FP64), 1e-12)
+        y_len = tl.maximum(correctly_rounded_sqrt(y_norm, FP64), 1e-12)
         dist = 1.0 - acc / (x_len[:, None] * y_len[None, :])
     else:
         squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
@@ -69,7 +61,7 @@ def _pairwise_distance_kernel(
         if METRIC == 1:  # sqeuclidean
             dist = tl.maximum(squared, 0.0)
         else:
-            dist = _sqrt(tl.maximum(squared, 1e-12), FP64)
+            dist = correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
     out_offsets = rows[:, None] * m + cols[None, :]
     tl.store(out_ptr + out_offsets, dist.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 

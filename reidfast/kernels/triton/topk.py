@@ -45,20 +45,12 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction, constexpr_function
 
 from ..._native import METRIC_CODES
+from .common import correctly_rounded_sqrt
 
 MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # triton.jit reads only constexpr globals
 _INT32_MAX = tl.constexpr(0x7FFFFFFF)
-
-
-@triton.jit
-def _sqrt(value, FP64: tl.constexpr):
-    """Correctly rounded square root (tl.sqrt is the fast approximate one on NVIDIA GPUs for float32)."""
-    if FP64:
-        return tl.sqrt(value)
-    else:
-        return tl.sqrt_rn(value)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,7 +201,7 @@ def _topk_distance_kernel(
         x_tile = tl.load(x_ptr + x_offsets[:, None] + feats[None, :],
                          mask=row_ok[:, None] & (feats < dim)[None, :], other=0.0).to(acc_type)
         x_norm += tl.sum(x_tile * x_tile, axis=1)
-    x_length = tl.maximum(_sqrt(x_norm, FP64), 1e-12)
+    x_length = tl.maximum(correctly_rounded_sqrt(x_norm, FP64), 1e-12)
 
     # running top-K_PAD per row, sorted ascending; "no candidate" is the largest key
     best_key = tl.full((BLOCK_N, K_PAD), _INT64_MAX, dtype=tl.int64)
@@ -240,7 +232,7 @@ def _topk_distance_kernel(
 
         # score: the distance itself, so equal float32 distances tie exactly as the reference's do
         if METRIC == 2:  # cosine
-            y_length = tl.maximum(_sqrt(y_norm, FP64), 1e-12)
+            y_length = tl.maximum(correctly_rounded_sqrt(y_norm, FP64), 1e-12)
             score = 1.0 - acc / (x_length[:, None] * y_length[None, :])
         else:
             squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
@@ -249,7 +241,7 @@ def _topk_distance_kernel(
             if METRIC == 1:  # sqeuclidean
                 score = tl.maximum(squared, 0.0)
             else:
-                score = _sqrt(tl.maximum(squared, 1e-12), FP64)
+                score = correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
         score = tl.where(score == 0.0, 0.0, score)  # -0 -> +0: equal scores must give equal keys
 
         valid = row_ok[:, None] & col_ok[None, :]

@@ -26,18 +26,9 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
+from .common import correctly_rounded_sqrt
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-@triton.jit
-def _correctly_rounded_sqrt(x, FP64: tl.constexpr):
-    """tl.sqrt is the fast approximate root on NVIDIA for float32; torch's CUDA sqrt rounds to nearest."""
-    if FP64:
-        root = tl.sqrt(x)  # float64 has no approximate root
-    else:
-        root = tl.sqrt_rn(x)
-    return root
 
 
 @triton.jit
@@ -62,7 +53,7 @@ def _batch_hard_mine_kernel(
         anchor_tile = tl.load(anchors_ptr + anchor_offsets[:, None] + feats[None, :],
                               mask=row_ok[:, None] & (feats < dim)[None, :], other=0.0).to(acc_type)
         anchor_norm += tl.sum(anchor_tile * anchor_tile, axis=1)
-    anchor_length = tl.maximum(_correctly_rounded_sqrt(anchor_norm, FP64), 1e-12)
+    anchor_length = tl.maximum(correctly_rounded_sqrt(anchor_norm, FP64), 1e-12)
 
     # Running winners; an index of -1 means "none yet" (values are only read where the index is >= 0).
     best_positive = tl.full((BLOCK_B,), float("-inf"), dtype=acc_type)
@@ -94,7 +85,7 @@ def _batch_hard_mine_kernel(
 
         # score: the distance itself, so equal float32 distances tie exactly as the reference's do.
         if METRIC == 2:  # cosine
-            candidate_length = tl.maximum(_correctly_rounded_sqrt(candidate_norm, FP64), 1e-12)
+            candidate_length = tl.maximum(correctly_rounded_sqrt(candidate_norm, FP64), 1e-12)
             score = 1.0 - acc / (anchor_length[:, None] * candidate_length[None, :])
         else:
             squared = anchor_norm[:, None] + candidate_norm[None, :] - 2.0 * acc
@@ -103,7 +94,7 @@ def _batch_hard_mine_kernel(
             if METRIC == 1:  # sqeuclidean
                 score = tl.maximum(squared, 0.0)
             else:
-                score = _correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
+                score = correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
 
         candidate_labels = tl.load(candidate_labels_ptr + cols, mask=col_ok, other=0)
         same_label = labels[:, None] == candidate_labels[None, :]
