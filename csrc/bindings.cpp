@@ -144,6 +144,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("distmat"), py::arg("q_pids"), py::arg("g_pids"), py::arg("q_camids"), py::arg("g_camids"),
       py::arg("first_match_rank"), py::arg("average_precision"), py::arg("inverse_negative_penalty"));
 
+  m.def(
+      "batch_hard_backward_cpu",
+      [](const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
+         const ArrayView& negative_index, const ArrayView& positive_weight, const ArrayView& negative_weight,
+         const ArrayView& grad_anchors, const ArrayView& grad_candidates) {
+        py::gil_scoped_release release;
+        reidfast::cpu::batch_hard_backward(anchors, candidates, positive_index, negative_index, positive_weight,
+                                           negative_weight, grad_anchors, grad_candidates);
+      },
+      py::arg("anchors"), py::arg("candidates"), py::arg("positive_index"), py::arg("negative_index"),
+      py::arg("positive_weight"), py::arg("negative_weight"), py::arg("grad_anchors"), py::arg("grad_candidates"));
+
   // [bindings: cpu]  (marker: add CPU bindings above)
 
 #ifdef REIDFAST_WITH_CUDA

@@ -73,6 +73,15 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
     """ValueError if `tensor` holds NaN or Inf (synchronises on CUDA; skipped while torch.compile traces)."""
     if torch.compiler.is_compiling():
         return
-    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+    if has_nonfinite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name}: contains {bad} NaN/Inf value(s); clean the features or pass allow_nonfinite=True")
+
+
+def has_nonfinite(tensor: torch.Tensor) -> bool:
+    """Whether a floating tensor holds NaN or Inf. One sum (NaN and Inf propagate through it) instead of a
+    boolean tensor; only when the sum is not finite does an exact elementwise check run."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return False
+    total = tensor.sum(dtype=torch.float64) if tensor.dtype != torch.float64 else tensor.sum()
+    return not bool(torch.isfinite(total)) and not bool(torch.isfinite(tensor).all())

@@ -57,7 +57,75 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
   }
 }
 
+template <typename T>
+void backward_typed(const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
+                    const ArrayView& negative_index, const ArrayView& positive_weight,
+                    const ArrayView& negative_weight, const ArrayView& grad_anchors,
+                    const ArrayView& grad_candidates) {
+  const int64_t num_anchors = anchors.size(0), dim = anchors.size(1);
+  const int64_t* pairs[2] = {positive_index.ptr<int64_t>(), negative_index.ptr<int64_t>()};
+  const T* weights[2] = {positive_weight.ptr<T>(), negative_weight.ptr<T>()};
+  constexpr int64_t kFeatureBlock = 64;
+  const int64_t feature_blocks = (dim + kFeatureBlock - 1) / kFeatureBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t block = 0; block < feature_blocks; ++block) {
+    const int64_t begin = block * kFeatureBlock, end = std::min(dim, begin + kFeatureBlock);
+    for (int64_t i = 0; i < num_anchors; ++i) {
+      const T* anchor = anchors.ptr<T>() + i * anchors.stride(0);
+      T* grad_anchor = grad_anchors.ptr<T>() + i * grad_anchors.stride(0);
+      for (int side = 0; side < 2; ++side) {
+        const int64_t j = pairs[side][i];
+        const T w = weights[side][i];
+        if (j < 0 || w == T(0)) continue;
+        const T* candidate = candidates.ptr<T>() + j * candidates.stride(0);
+        T* grad_candidate = grad_candidates.ptr<T>() + j * grad_candidates.stride(0);
+        for (int64_t f = begin; f < end; ++f) {
+          const T step = w * (anchor[f] - candidate[f]);
+          grad_anchor[f] += step;
+          grad_candidate[f] -= step;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void batch_hard_backward(const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
+                         const ArrayView& negative_index, const ArrayView& positive_weight,
+                         const ArrayView& negative_weight, const ArrayView& grad_anchors,
+                         const ArrayView& grad_candidates) {
+  check_matrix(anchors, "anchors", /*want_cuda=*/false);
+  check_matrix(candidates, "candidates", /*want_cuda=*/false);
+  check_matrix(grad_anchors, "grad_anchors", /*want_cuda=*/false);
+  check_matrix(grad_candidates, "grad_candidates", /*want_cuda=*/false);
+  const DType dtype = anchors.dtype;
+  check(dtype == DType::Float32 || dtype == DType::Float64,
+        std::string("anchors: expected float32 or float64, got ") + dtype_name(dtype));
+  const int64_t num_anchors = anchors.size(0), dim = anchors.size(1);
+  check(candidates.dtype == dtype && grad_anchors.dtype == dtype && grad_candidates.dtype == dtype,
+        "candidates, grad_anchors, grad_candidates: expected the anchors' dtype");
+  check(candidates.size(1) == dim && grad_anchors.size(0) == num_anchors && grad_anchors.size(1) == dim &&
+            grad_candidates.size(0) == candidates.size(0) && grad_candidates.size(1) == dim,
+        "grad_anchors, grad_candidates: expected the shapes of anchors and candidates");
+  check_vector(positive_index, "positive_index", num_anchors, DType::Int64);
+  check_vector(negative_index, "negative_index", num_anchors, DType::Int64);
+  check_vector(positive_weight, "positive_weight", num_anchors, dtype);
+  check_vector(negative_weight, "negative_weight", num_anchors, dtype);
+  for (const ArrayView* index : {&positive_index, &negative_index}) {
+    const int64_t* data = index->ptr<int64_t>();
+    for (int64_t i = 0; i < num_anchors; ++i) {
+      check(data[i] >= -1 && data[i] < candidates.size(0), "positive_index/negative_index: out of range");
+    }
+  }
+  if (dtype == DType::Float32) {
+    backward_typed<float>(anchors, candidates, positive_index, negative_index, positive_weight, negative_weight,
+                          grad_anchors, grad_candidates);
+  } else {
+    backward_typed<double>(anchors, candidates, positive_index, negative_index, positive_weight, negative_weight,
+                           grad_anchors, grad_candidates);
+  }
+}
 
 void batch_hard_mine_block(const ArrayView& gram, const ArrayView& anchor_sq_norms,
                            const ArrayView& candidate_sq_norms, const ArrayView& anchor_labels,

@@ -21,3 +21,20 @@ void batch_hard_mine_block(const ArrayView& gram, const ArrayView& anchor_sq_nor
 
 }  // namespace cpu
 }  // namespace reidfast
+
+namespace reidfast {
+namespace cpu {
+
+// Backward of the mined distances for euclidean-type metrics: with pair (i, j) for j in {positive_index[i],
+// negative_index[i]} (skipped when -1) and its coefficient w (positive_weight[i] / negative_weight[i]),
+//   grad_anchors[i] += w * (anchors[i] - candidates[j]),   grad_candidates[j] -= w * (anchors[i] - candidates[j]).
+// anchors (B, D), candidates (C, D), grad_anchors (B, D), grad_candidates (C, D): one float dtype (float32 or
+// float64), unit inner stride; the two grads may be the same array (anchors scored against themselves).
+// Threads split the feature axis, so the scatter into grad_candidates needs no atomics.
+void batch_hard_backward(const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
+                         const ArrayView& negative_index, const ArrayView& positive_weight,
+                         const ArrayView& negative_weight, const ArrayView& grad_anchors,
+                         const ArrayView& grad_candidates);
+
+}  // namespace cpu
+}  // namespace reidfast

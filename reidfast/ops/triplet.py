@@ -7,7 +7,7 @@ The loss, reduction and details are a few O(B) torch ops on top.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from .._dispatch import Op
 from ..reference import distance as reference_distance
 from ..reference import triplet as reference
 from ..reference.triplet import TripletDetails
-from .distance import _normalize_backward, _unit_inner_stride
+from .distance import _normalize_backward, _unit_inner_stride, same_rows
 
 BATCH_HARD_MINE = Op("batch_hard_triplet_loss")
 _CPU_BLOCK_ELEMENTS = 1 << 22  # dot products per CPU block: 16 MiB of float32, whatever the batch size
@@ -100,9 +100,12 @@ def _mine_cuda(anchors, candidates, anchor_labels, candidate_labels, anchor_inde
 
 @torch.library.custom_op("reidfast::batch_hard_mine", mutates_args=())
 def _batch_hard_mine_op(
-    anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
-    anchor_index: torch.Tensor, metric: str,
+    anchors: torch.Tensor, candidates: Optional[torch.Tensor], anchor_labels: torch.Tensor,
+    candidate_labels: Optional[torch.Tensor], anchor_index: torch.Tensor, metric: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """candidates=None: the anchors scored against themselves (one input, so one gradient buffer)."""
+    if candidates is None:
+        candidates, candidate_labels = anchors, anchor_labels
     _, implementation = BATCH_HARD_MINE.select(anchors.device)
     with torch.autocast(anchors.device.type, enabled=False):  # AMP policy: accumulate in float32, see README
         return implementation(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric)
@@ -117,61 +120,93 @@ def _(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric
     return distances, distances.clone(), indices, indices.clone()
 
 
+def _pair_weight(grad: torch.Tensor, distances: torch.Tensor, index: torch.Tensor, metric: str) -> torch.Tensor:
+    """w (B,) with d(grad * d(a, c))/da = w (a - c) for the euclidean metrics; 0 where there is no pair."""
+    if metric == "euclidean":  # d sqrt(s)/da = (a - c) / d, and 0 where the 1e-12 clamp is active
+        clamp = torch.tensor(reference_distance.EUCLIDEAN_CLAMP, dtype=distances.dtype).sqrt()
+        weight = torch.where(distances > clamp, grad / distances, torch.zeros_like(grad))
+    else:  # sqeuclidean: d |a - c|^2 / da = 2 (a - c)
+        weight = 2.0 * grad
+    return torch.where(index >= 0, weight, torch.zeros_like(weight))
+
+
+def _cosine_pair_gradients(anchors, others, grad):
+    """d(grad . (1 - a_hat . o_hat)) / da and / do for rows of pairs (B, D)."""
+    anchor_len = anchors.norm(dim=1, keepdim=True)
+    other_len = others.norm(dim=1, keepdim=True)
+    anchor_hat = anchors / anchor_len.clamp_min(reference_distance.COSINE_EPS)
+    other_hat = others / other_len.clamp_min(reference_distance.COSINE_EPS)
+    return (_normalize_backward(-grad[:, None] * other_hat, anchor_hat, anchor_len),
+            _normalize_backward(-grad[:, None] * anchor_hat, other_hat, other_len))
+
+
+@torch.library.custom_op("reidfast::batch_hard_mine_backward", mutates_args=())
+def _batch_hard_mine_backward_op(
+    anchors_in: torch.Tensor, candidates_in: Optional[torch.Tensor], dist_ap: torch.Tensor, dist_an: torch.Tensor,
+    positive: torch.Tensor, negative: torch.Tensor, grad_ap: torch.Tensor, grad_an: torch.Tensor, metric: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_anchors (B, D), grad_candidates (C, D); (0, D) when candidates_in is None): O(B*D), no GEMM."""
+    dtype = dist_ap.dtype
+    anchors = _unit_inner_stride(anchors_in.to(dtype))
+    candidates = anchors if candidates_in is None else _unit_inner_stride(candidates_in.to(dtype))
+    grad_anchors = torch.zeros_like(anchors)
+    grad_candidates = grad_anchors if candidates_in is None else torch.zeros_like(candidates)
+    grads = (grad_ap.to(dtype), grad_an.to(dtype))
+    if candidates.shape[0] == 0:
+        pass
+    elif metric == "cosine":
+        for grad, index in zip(grads, (positive, negative)):
+            grad = torch.where(index >= 0, grad, torch.zeros_like(grad))
+            safe_index = index.clamp_min(0)
+            to_anchor, to_other = _cosine_pair_gradients(anchors, candidates[safe_index], grad)
+            grad_anchors += to_anchor
+            grad_candidates.index_add_(0, safe_index, to_other)
+    else:
+        weights = [_pair_weight(g, d, i, metric) for g, d, i in zip(grads, (dist_ap, dist_an), (positive, negative))]
+        if anchors.device.type == "cpu" and BATCH_HARD_MINE.select(anchors.device)[0] == "cpu":
+            view = _native.view
+            _native._C.batch_hard_backward_cpu(
+                view(anchors), view(candidates), view(positive.contiguous()), view(negative.contiguous()),
+                view(weights[0].contiguous()), view(weights[1].contiguous()), view(grad_anchors), view(grad_candidates),
+            )
+        else:
+            for weight, index in zip(weights, (positive, negative)):
+                safe_index = index.clamp_min(0)
+                step = weight[:, None] * (anchors - candidates[safe_index])
+                grad_anchors += step
+                grad_candidates.index_add_(0, safe_index, step, alpha=-1)
+    grad_anchors = grad_anchors.to(anchors_in.dtype)
+    if candidates_in is None:
+        return grad_anchors, anchors_in.new_empty((0, anchors_in.shape[1]))
+    return grad_anchors, grad_candidates.to(candidates_in.dtype)
+
+
+@_batch_hard_mine_backward_op.register_fake
+def _(anchors_in, candidates_in, dist_ap, dist_an, positive, negative, grad_ap, grad_an, metric):
+    grad_candidates = anchors_in.new_empty((0, anchors_in.shape[1])) if candidates_in is None else torch.empty_like(candidates_in)
+    return torch.empty_like(anchors_in), grad_candidates
+
+
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
     anchors, candidates, _, _, _, metric = inputs
     dist_ap, dist_an, positive, negative = output
-    ctx.save_for_backward(anchors, candidates, dist_ap, dist_an, positive, negative)
+    ctx.has_candidates = candidates is not None
+    ctx.save_for_backward(anchors, candidates if candidates is not None else anchors, dist_ap, dist_an, positive, negative)
     ctx.metric = metric
 
 
-def _pair_gradients(anchors, others, distances, grad, metric):
-    """d(grad . d(anchor_i, other_i)) / d(anchor_i) and / d(other_i) for rows of pairs (B, D)."""
-    if metric == "cosine":  # d = 1 - a_hat . o_hat
-        anchor_len = anchors.norm(dim=1, keepdim=True)
-        other_len = others.norm(dim=1, keepdim=True)
-        anchor_hat = anchors / anchor_len.clamp_min(reference_distance.COSINE_EPS)
-        other_hat = others / other_len.clamp_min(reference_distance.COSINE_EPS)
-        return (_normalize_backward(-grad[:, None] * other_hat, anchor_hat, anchor_len),
-                _normalize_backward(-grad[:, None] * anchor_hat, other_hat, other_len))
-    if metric == "euclidean":
-        clamp = torch.tensor(reference_distance.EUCLIDEAN_CLAMP, dtype=distances.dtype).sqrt()
-        scale = torch.where(distances > clamp, grad / (2.0 * distances), torch.zeros_like(grad))
-    else:
-        scale = grad
-    difference = 2.0 * scale[:, None] * (anchors - others)  # d|a - o|^2 / da = 2 (a - o)
-    return difference, -difference
-
-
 def _backward(ctx: Any, grad_ap, grad_an, _grad_pos, _grad_neg):
-    anchors_in, candidates_in, dist_ap, dist_an, positive, negative = ctx.saved_tensors
-    dtype = dist_ap.dtype
-    anchors, candidates = anchors_in.to(dtype), candidates_in.to(dtype)
-    grad_anchors = torch.zeros_like(anchors)
-    grad_candidates = torch.zeros_like(candidates)
-    for grad, index, distances in ((grad_ap, positive, dist_ap), (grad_an, negative, dist_an)):
-        if grad is None or candidates.shape[0] == 0:
-            continue
-        present = index >= 0
-        grad = torch.where(present, grad.to(dtype), torch.zeros_like(distances))
-        safe_index = index.clamp_min(0)
-        to_anchor, to_other = _pair_gradients(anchors, candidates[safe_index], distances, grad, ctx.metric)
-        grad_anchors += to_anchor
-        grad_candidates.index_add_(0, safe_index, to_other)
-    return grad_anchors.to(anchors_in.dtype), grad_candidates.to(candidates_in.dtype), None, None, None, None
+    anchors, candidates, dist_ap, dist_an, positive, negative = ctx.saved_tensors
+    grad_ap = torch.zeros_like(dist_ap) if grad_ap is None else grad_ap
+    grad_an = torch.zeros_like(dist_an) if grad_an is None else grad_an
+    grad_anchors, grad_candidates = _batch_hard_mine_backward_op(
+        anchors, candidates if ctx.has_candidates else None, dist_ap, dist_an, positive, negative, grad_ap, grad_an,
+        ctx.metric,
+    )
+    return grad_anchors, (grad_candidates if ctx.has_candidates else None), None, None, None, None
 
 
 _batch_hard_mine_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def batch_hard_mine(
-    anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
-    anchor_index: torch.Tensor, metric: str = "euclidean",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dist_ap, dist_an, positive_index, negative_index), each (B,), for already validated inputs.
-
-    Differentiable w.r.t. anchors and candidates through the two distances.
-    """
-    return _batch_hard_mine_op(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric)
 
 
 def batch_hard_triplet_loss(
@@ -208,8 +243,9 @@ def batch_hard_triplet_loss(
     if normalize:
         anchors = F.normalize(anchors, dim=1, eps=reference.NORMALIZE_EPS)
         others = anchors if against_batch else F.normalize(others, dim=1, eps=reference.NORMALIZE_EPS)
-    dist_ap, dist_an, positive, negative = batch_hard_mine(
-        anchors, others, labels, candidate_labels, anchor_index, metric
+    dist_ap, dist_an, positive, negative = _batch_hard_mine_op(
+        anchors, None if against_batch else others, labels, None if against_batch else candidate_labels,
+        anchor_index, metric,
     )
     valid = (positive >= 0) & (negative >= 0)
     gap = dist_ap - dist_an

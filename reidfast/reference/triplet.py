@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from reidfast._arrays import has_nonfinite
 from reidfast.reference.distance import METRICS, accumulation_dtype, pairwise_distance
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -92,7 +93,7 @@ def _check_features(
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(features.shape)}")
     if not features.dtype.is_floating_point:
         raise ValueError(f"{name} must be floating point, got {features.dtype}")
-    if check_values and not bool(torch.isfinite(features).all()):
+    if check_values and has_nonfinite(features):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
