@@ -94,9 +94,10 @@ def test_dtypes_and_strides(device, backend, dtype):
     assert values.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def test_large_blockwise_cpu_matches_reference():
+def test_large_blockwise_cpu_matches_reference(monkeypatch):
     if not reidfast.backends()["cpu"].available:
         pytest.skip("native CPU backend not built")
+    monkeypatch.setattr(reidfast.ops.topk, "row_block_size", lambda num_cols, target_elements=0: 300)
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(1000, 257, generator=generator)
     y = torch.randn(2100, 257, generator=generator)  # several row blocks

