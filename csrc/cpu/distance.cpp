@@ -44,7 +44,15 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
   const int64_t rows = gram.size(0), cols = gram.size(1), stride = gram.stride(0), k = values.size(1);
   const T* x_norms = x_sq_norms.ptr<T>();
   const T* y_norms = y_sq_norms.ptr<T>();
-  using Entry = std::pair<T, int64_t>;  // (key, column): lexicographic order = (distance, smaller index first)
+  // Ordered by (distance, column): equal distances list the smaller column first.
+  struct Entry {
+    T value;
+    int64_t column;
+    T prekey;
+    bool operator<(const Entry& other) const {
+      return value < other.value || (value == other.value && column < other.column);
+    }
+  };
 #pragma omp parallel
   {
     std::vector<Entry> heap;  // max-heap of the k best so far; its top is the one to beat
@@ -57,8 +65,11 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
       heap.clear();
       for (int64_t j = 0; j < cols; ++j) {
         if (exclude_self && j == self) continue;
-        const Entry entry(epilogue.distance(row[j], y_norms[j], j == self), j);
-        if (static_cast<int64_t>(heap.size()) < k) {
+        const T prekey = epilogue.prekey(row[j], y_norms[j], j == self);
+        const bool full = static_cast<int64_t>(heap.size()) == k;
+        if (full && !(prekey < heap.front().prekey)) continue;  // j comes after every kept column
+        const Entry entry{epilogue.finish(prekey), j, prekey};
+        if (!full) {
           heap.push_back(entry);
           std::push_heap(heap.begin(), heap.end());
         } else if (entry < heap.front()) {
@@ -71,8 +82,8 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
       T* out_values = values.ptr<T>() + i * k;
       int64_t* out_indices = indices.ptr<int64_t>() + i * k;
       for (int64_t r = 0; r < k; ++r) {
-        out_values[r] = heap[r].first;
-        out_indices[r] = heap[r].second;
+        out_values[r] = heap[r].value;
+        out_indices[r] = heap[r].column;
       }
     }
   }

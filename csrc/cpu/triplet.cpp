@@ -34,20 +34,29 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
     const int64_t label = labels_a[i];
     const int64_t self = self_index[i];
     const Epilogue<T> epilogue(metric, norms_a[i]);
-    T best_positive = -std::numeric_limits<T>::infinity();
-    T best_negative = std::numeric_limits<T>::infinity();
+    T best_positive = -std::numeric_limits<T>::infinity(), best_positive_prekey = best_positive;
+    T best_negative = std::numeric_limits<T>::infinity(), best_negative_prekey = best_negative;
     int64_t positive = -1, negative = -1;
     for (int64_t j = 0; j < cols; ++j) {
-      const T key = epilogue.distance(dots[j], norms_c[j], /*is_self=*/false);
-      // Strict comparisons in increasing j: ties keep the smallest index.
+      // Strict comparisons in increasing j: ties keep the smallest index. The prekey filter skips the
+      // sqrt for candidates that cannot win (see Epilogue).
+      const T prekey = epilogue.prekey(dots[j], norms_c[j], /*is_self=*/false);
       if (labels_c[j] == label) {
-        if (j != self && key > best_positive) {
-          best_positive = key;
-          positive = j;
+        if (j != self && prekey > best_positive_prekey) {
+          const T value = epilogue.finish(prekey);
+          if (value > best_positive || positive < 0) {
+            best_positive = value;
+            positive = j;
+          }
+          best_positive_prekey = prekey;
         }
-      } else if (key < best_negative) {
-        best_negative = key;
-        negative = j;
+      } else if (prekey < best_negative_prekey) {
+        const T value = epilogue.finish(prekey);
+        if (value < best_negative || negative < 0) {
+          best_negative = value;
+          negative = j;
+        }
+        best_negative_prekey = prekey;
       }
     }
     dist_ap.ptr<T>()[i] = positive < 0 ? T(0) : best_positive;

@@ -1,0 +1,363 @@
+// k-reciprocal re-ranking on the CPU (see rerank.h): top-k pass over row blocks, then sparse weight rows,
+// sparse query expansion and the query rows of the Jaccard distance through an inverted index.
+#include "rerank.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace reidfast {
+namespace cpu {
+namespace {
+
+template <typename T>
+inline float square_f32(T x) {
+  // np.power(joint, 2) in the joint's dtype, then .astype(float32)
+  return static_cast<float>(x * x);
+}
+
+template <typename T>
+void topk_block_typed(const ArrayView& block, int64_t k, float* row_max, int64_t* indices, int64_t index_stride) {
+  const int64_t rows = block.size(0), cols = block.size(1), stride = block.stride(0);
+  using Entry = std::pair<float, int64_t>;  // (normalised value, column): lexicographic = ties by index
+#pragma omp parallel
+  {
+    std::vector<Entry> heap;
+    heap.reserve(static_cast<size_t>(k));
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = block.ptr<T>() + r * stride;
+      float maximum = 0.0f;
+      for (int64_t j = 0; j < cols; ++j) maximum = std::max(maximum, square_f32(row[j]));
+      if (maximum == 0.0f) maximum = 1.0f;  // an all-zero column stays zero (reference docstring)
+      row_max[r] = maximum;
+      heap.clear();
+      for (int64_t j = 0; j < cols; ++j) {
+        const float value = square_f32(row[j]) / maximum;
+        if (static_cast<int64_t>(heap.size()) < k) {
+          heap.emplace_back(value, j);
+          std::push_heap(heap.begin(), heap.end());
+        } else if (value < heap.front().first) {  // equal value: the later column loses the tie
+          std::pop_heap(heap.begin(), heap.end());
+          heap.back() = Entry(value, j);
+          std::push_heap(heap.begin(), heap.end());
+        }
+      }
+      std::sort_heap(heap.begin(), heap.end());
+      int64_t* out = indices + r * index_stride;
+      for (int64_t t = 0; t < k; ++t) out[t] = heap[static_cast<size_t>(t)].second;
+    }
+  }
+}
+
+// joint[j, i]^2 in float32, from the three distance blocks or from the features.
+struct PairSource {
+  int64_t num_query = 0;
+  bool from_features = false;
+  bool is_double = false;
+  const void* q_g = nullptr;
+  const void* q_q = nullptr;
+  const void* g_g = nullptr;
+  int64_t s_qg = 0, s_qq = 0, s_gg = 0;
+  const float* features = nullptr;
+  int64_t dim = 0, s_f = 0;
+  Metric metric = Metric::Euclidean;
+  std::vector<double> sq_norms;  // features: squared L2 norm of every row
+
+  template <typename T>
+  float joint_squared(int64_t i, int64_t j) const {
+    const int64_t q = num_query;
+    T x;
+    if (j < q) {
+      x = i < q ? static_cast<const T*>(q_q)[j * s_qq + i] : static_cast<const T*>(q_g)[j * s_qg + (i - q)];
+    } else {
+      x = i < q ? static_cast<const T*>(q_g)[i * s_qg + (j - q)] : static_cast<const T*>(g_g)[(j - q) * s_gg + (i - q)];
+    }
+    return square_f32(x);
+  }
+
+  float features_squared(int64_t i, int64_t j) const {
+    const float* a = features + i * s_f;
+    const float* b = features + j * s_f;
+    double dot = 0.0;
+    for (int64_t t = 0; t < dim; ++t) dot += static_cast<double>(a[t]) * static_cast<double>(b[t]);
+    float d;
+    if (metric == Metric::Cosine) {
+      const double la = std::max(std::sqrt(sq_norms[static_cast<size_t>(i)]), kCosineEps);
+      const double lb = std::max(std::sqrt(sq_norms[static_cast<size_t>(j)]), kCosineEps);
+      d = static_cast<float>(1.0 - dot / (la * lb));
+    } else {
+      const double sq = sq_norms[static_cast<size_t>(i)] + sq_norms[static_cast<size_t>(j)] - 2.0 * dot;
+      d = i == j ? static_cast<float>(std::sqrt(kEuclideanClamp))
+                 : static_cast<float>(std::sqrt(std::max(sq, kEuclideanClamp)));
+    }
+    return d * d;
+  }
+
+  float squared(int64_t i, int64_t j) const {
+    if (from_features) return features_squared(i, j);
+    return is_double ? joint_squared<double>(i, j) : joint_squared<float>(i, j);
+  }
+};
+
+// numpy's float32 pairwise summation (np.sum of a contiguous 1-D float32 array).
+float pairwise_sum(const float* a, int64_t n) {
+  if (n < 8) {
+    float res = 0.0f;
+    for (int64_t i = 0; i < n; ++i) res += a[i];
+    return res;
+  }
+  if (n <= 128) {
+    float r[8];
+    for (int t = 0; t < 8; ++t) r[t] = a[t];
+    int64_t i = 8;
+    for (; i < n - (n % 8); i += 8)
+      for (int t = 0; t < 8; ++t) r[t] += a[i + t];
+    float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+struct SparseRow {
+  std::vector<int32_t> index;  // increasing
+  std::vector<float> value;
+};
+
+}  // namespace
+
+int64_t rerank_half_k1(int64_t k1) {
+  const int64_t floor_half = k1 / 2;
+  if (k1 % 2 == 0) return floor_half;
+  return floor_half % 2 == 0 ? floor_half : floor_half + 1;  // x.5 rounds to the even neighbour
+}
+
+void rerank_topk_block(const ArrayView& block, int64_t k, const ArrayView& row_max, const ArrayView& indices) {
+  check_matrix(block, "block", /*want_cuda=*/false);
+  check(block.dtype == DType::Float32 || block.dtype == DType::Float64,
+        std::string("block: expected float32 or float64, got ") + dtype_name(block.dtype));
+  check(k >= 1 && k <= block.size(1), "k: expected 1 <= k <= the number of columns");
+  check_vector(row_max, "row_max", block.size(0), DType::Float32);
+  check_matrix(indices, "indices", false);
+  check(indices.dtype == DType::Int64 && indices.size(0) == block.size(0) && indices.size(1) == k,
+        "indices: expected an int64 (rows, k) matrix");
+  if (block.dtype == DType::Float32) {
+    topk_block_typed<float>(block, k, row_max.ptr<float>(), indices.ptr<int64_t>(), indices.stride(0));
+  } else {
+    topk_block_typed<double>(block, k, row_max.ptr<float>(), indices.ptr<int64_t>(), indices.stride(0));
+  }
+}
+
+void rerank_finish(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features, Metric metric,
+                   const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g, int64_t num_query, int64_t k1,
+                   int64_t k2, double lambda_value, const ArrayView& out) {
+  check_matrix(ranks, "ranks", false);
+  check(ranks.dtype == DType::Int64, "ranks: expected int64");
+  const int64_t n = ranks.size(0), width = ranks.size(1), rank_stride = ranks.stride(0);
+  check(num_query >= 1 && num_query < n, "num_query: expected 1 <= Q < N");
+  const int64_t num_gallery = n - num_query;
+  check(k1 >= 1 && k1 < n && width >= k1 + 1, "ranks: expected at least k1 + 1 columns, 1 <= k1 < N");
+  check(k2 >= 1 && k2 <= k1, "k2: expected 1 <= k2 <= k1");
+  check(n < (int64_t(1) << 31), "re-ranking supports fewer than 2^31 items");
+  check_vector(row_max, "row_max", n, DType::Float32);
+  check_matrix(out, "out", false);
+  check(out.dtype == DType::Float32 && out.size(0) == num_query && out.size(1) == num_gallery,
+        "out: expected a float32 (Q, G) matrix");
+
+  PairSource source;
+  source.num_query = num_query;
+  if (features.ndim() == 2) {
+    check_matrix(features, "features", false);
+    check(features.dtype == DType::Float32 && features.size(0) == n, "features: expected float32 (N, D)");
+    check(metric == Metric::Euclidean || metric == Metric::Cosine, "metric: expected euclidean or cosine");
+    source.from_features = true;
+    source.features = features.ptr<float>();
+    source.dim = features.size(1);
+    source.s_f = features.stride(0);
+    source.metric = metric;
+    source.sq_norms.resize(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* a = source.features + i * source.s_f;
+      double s = 0.0;
+      for (int64_t t = 0; t < source.dim; ++t) s += static_cast<double>(a[t]) * static_cast<double>(a[t]);
+      source.sq_norms[static_cast<size_t>(i)] = s;
+    }
+  } else {
+    check_matrix(q_g, "q_g", false);
+    check_matrix(q_q, "q_q", false);
+    check_matrix(g_g, "g_g", false);
+    check(q_g.dtype == q_q.dtype && q_g.dtype == g_g.dtype &&
+              (q_g.dtype == DType::Float32 || q_g.dtype == DType::Float64),
+          "q_g, q_q, g_g: expected one dtype, float32 or float64");
+    check(q_g.size(0) == num_query && q_g.size(1) == num_gallery && q_q.size(0) == num_query &&
+              q_q.size(1) == num_query && g_g.size(0) == num_gallery && g_g.size(1) == num_gallery,
+          "q_g, q_q, g_g: expected shapes (Q, G), (Q, Q), (G, G)");
+    source.is_double = q_g.dtype == DType::Float64;
+    source.q_g = q_g.data;
+    source.q_q = q_q.data;
+    source.g_g = g_g.data;
+    source.s_qg = q_g.stride(0);
+    source.s_qq = q_q.stride(0);
+    source.s_gg = g_g.stride(0);
+  }
+
+  const int64_t* rank = ranks.ptr<int64_t>();
+  const float* maxima = row_max.ptr<float>();
+  auto rank_row = [&](int64_t i) { return rank + i * rank_stride; };
+  auto dist = [&](int64_t i, int64_t j) { return source.squared(i, j) / maxima[i]; };
+  // R(i, k): the j among the k+1 first of row i whose own k+1 first contain i, in row i's order.
+  auto reciprocal = [&](int64_t i, int64_t k, std::vector<int32_t>& result) {
+    result.clear();
+    const int64_t* forward = rank_row(i);
+    for (int64_t a = 0; a <= k; ++a) {
+      const int64_t* backward = rank_row(forward[a]);
+      for (int64_t b = 0; b <= k; ++b) {
+        if (backward[b] == i) {
+          result.push_back(static_cast<int32_t>(forward[a]));
+          break;
+        }
+      }
+    }
+  };
+
+  const int64_t half = rerank_half_k1(k1);
+  std::vector<std::vector<int32_t>> half_reciprocal(static_cast<size_t>(n));
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t i = 0; i < n; ++i) reciprocal(i, half, half_reciprocal[static_cast<size_t>(i)]);
+
+  // Steps 3-5: expanded k-reciprocal sets and their exp(-d) weights, normalised per row.
+  std::vector<SparseRow> weights(static_cast<size_t>(n));
+#pragma omp parallel
+  {
+    std::vector<int64_t> in_reciprocal(static_cast<size_t>(n), -1), in_expanded(static_cast<size_t>(n), -1);
+    std::vector<int32_t> recip, expanded;
+    std::vector<float> w;
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t i = 0; i < n; ++i) {
+      reciprocal(i, k1, recip);
+      expanded.clear();
+      for (int32_t x : recip) {
+        in_reciprocal[static_cast<size_t>(x)] = i;
+        in_expanded[static_cast<size_t>(x)] = i;
+        expanded.push_back(x);
+      }
+      for (int32_t c : recip) {
+        const std::vector<int32_t>& candidate = half_reciprocal[static_cast<size_t>(c)];
+        int64_t overlap = 0;
+        for (int32_t x : candidate) overlap += in_reciprocal[static_cast<size_t>(x)] == i;
+        if (static_cast<double>(overlap) > 2.0 / 3.0 * static_cast<double>(candidate.size())) {
+          for (int32_t x : candidate) {
+            if (in_expanded[static_cast<size_t>(x)] != i) {
+              in_expanded[static_cast<size_t>(x)] = i;
+              expanded.push_back(x);
+            }
+          }
+        }
+      }
+      std::sort(expanded.begin(), expanded.end());
+      w.resize(expanded.size());
+      for (size_t t = 0; t < expanded.size(); ++t) w[t] = std::exp(-dist(i, expanded[t]));
+      const float total = pairwise_sum(w.data(), static_cast<int64_t>(w.size()));
+      SparseRow& row = weights[static_cast<size_t>(i)];
+      row.index = expanded;
+      row.value.resize(w.size());
+      for (size_t t = 0; t < w.size(); ++t) row.value[t] = w[t] / total;
+    }
+  }
+
+  // Step 6: local query expansion: mean of the k2 first rows (self included), summed in rank order.
+  if (k2 != 1) {
+    std::vector<SparseRow> expanded_weights(static_cast<size_t>(n));
+#pragma omp parallel
+    {
+      std::vector<float> acc(static_cast<size_t>(n), 0.0f);
+      std::vector<int64_t> seen(static_cast<size_t>(n), -1);
+      std::vector<int32_t> touched;
+#pragma omp for schedule(dynamic, 64)
+      for (int64_t i = 0; i < n; ++i) {
+        touched.clear();
+        const int64_t* first = rank_row(i);
+        for (int64_t a = 0; a < k2; ++a) {
+          const SparseRow& source_row = weights[static_cast<size_t>(first[a])];
+          for (size_t t = 0; t < source_row.index.size(); ++t) {
+            const int32_t j = source_row.index[t];
+            if (seen[static_cast<size_t>(j)] != i) {
+              seen[static_cast<size_t>(j)] = i;
+              acc[static_cast<size_t>(j)] = 0.0f;
+              touched.push_back(j);
+            }
+            acc[static_cast<size_t>(j)] += source_row.value[t];
+          }
+        }
+        std::sort(touched.begin(), touched.end());
+        SparseRow& row = expanded_weights[static_cast<size_t>(i)];
+        row.index = touched;
+        row.value.resize(touched.size());
+        const float count = static_cast<float>(k2);
+        for (size_t t = 0; t < touched.size(); ++t) row.value[t] = acc[static_cast<size_t>(touched[t])] / count;
+      }
+    }
+    weights.swap(expanded_weights);
+  }
+
+  // Step 7: inverted index over columns of the gallery rows, gallery items increasing within a column.
+  std::vector<int64_t> column_start(static_cast<size_t>(n) + 1, 0);
+  for (int64_t g = 0; g < num_gallery; ++g)
+    for (int32_t j : weights[static_cast<size_t>(num_query + g)].index) ++column_start[static_cast<size_t>(j) + 1];
+  for (int64_t j = 0; j < n; ++j) column_start[static_cast<size_t>(j) + 1] += column_start[static_cast<size_t>(j)];
+  std::vector<int32_t> column_item(static_cast<size_t>(column_start.back()));
+  std::vector<float> column_value(static_cast<size_t>(column_start.back()));
+  {
+    std::vector<int64_t> fill(column_start.begin(), column_start.end() - 1);
+    for (int64_t g = 0; g < num_gallery; ++g) {
+      const SparseRow& row = weights[static_cast<size_t>(num_query + g)];
+      for (size_t t = 0; t < row.index.size(); ++t) {
+        const int64_t at = fill[static_cast<size_t>(row.index[t])]++;
+        column_item[static_cast<size_t>(at)] = static_cast<int32_t>(g);
+        column_value[static_cast<size_t>(at)] = row.value[t];
+      }
+    }
+  }
+  // Gallery rows are no longer needed: free them before the per-thread accumulators.
+  for (int64_t g = num_query; g < n; ++g) weights[static_cast<size_t>(g)] = SparseRow();
+
+  // Steps 7-8: s = sum_j min(V[i, j], V[g, j]) in increasing j, jaccard = 1 - s / (2 - s), blended.
+  const float keep = static_cast<float>(1.0 - lambda_value);
+  const float blend = static_cast<float>(lambda_value);
+  const int64_t out_stride = out.stride(0);
+#pragma omp parallel
+  {
+    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < num_query; ++i) {
+      const SparseRow& row = weights[static_cast<size_t>(i)];
+      for (size_t t = 0; t < row.index.size(); ++t) {
+        const int32_t j = row.index[t];
+        const float v = row.value[t];
+        for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
+          shared[static_cast<size_t>(column_item[static_cast<size_t>(at)])] +=
+              std::min(v, column_value[static_cast<size_t>(at)]);
+        }
+      }
+      float* result = out.ptr<float>() + i * out_stride;
+      for (int64_t g = 0; g < num_gallery; ++g) {
+        const float s = shared[static_cast<size_t>(g)];
+        const float jaccard = 1.0f - s / (2.0f - s);
+        const float a = jaccard * keep;
+        const float b = result[g] * blend;
+        result[g] = a + b;
+        shared[static_cast<size_t>(g)] = 0.0f;
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace reidfast
