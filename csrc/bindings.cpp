@@ -13,6 +13,7 @@
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
+#include "cuda/triplet.h"
 #include "cuda/topk.h"
 // [includes: cuda]  (marker: add CUDA headers above)
 #endif
@@ -156,6 +157,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("anchors"), py::arg("candidates"), py::arg("positive_index"), py::arg("negative_index"),
       py::arg("positive_weight"), py::arg("negative_weight"), py::arg("grad_anchors"), py::arg("grad_candidates"));
 
+
   // [bindings: cpu]  (marker: add CPU bindings above)
 
 #ifdef REIDFAST_WITH_CUDA
@@ -168,6 +170,22 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"), py::arg("stream"));
 
+  m.def("batch_hard_mine_workspace_bytes", &reidfast::cuda::batch_hard_mine_workspace_bytes,
+        py::arg("num_anchors"), py::arg("num_candidates"));
+  m.def(
+      "batch_hard_mine_cuda",
+      [](const ArrayView& anchors, const ArrayView& candidates, const ArrayView& anchor_labels,
+         const ArrayView& candidate_labels, const ArrayView& anchor_index, int metric, const ArrayView& dist_ap,
+         const ArrayView& dist_an, const ArrayView& positive_index, const ArrayView& negative_index,
+         const ArrayView& workspace, std::uintptr_t stream) {
+        py::gil_scoped_release release;
+        reidfast::cuda::batch_hard_mine(anchors, candidates, anchor_labels, candidate_labels, anchor_index,
+                                        to_metric(metric), dist_ap, dist_an, positive_index, negative_index,
+                                        workspace, stream);
+      },
+      py::arg("anchors"), py::arg("candidates"), py::arg("anchor_labels"), py::arg("candidate_labels"),
+      py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"), py::arg("dist_an"), py::arg("positive_index"),
+      py::arg("negative_index"), py::arg("workspace"), py::arg("stream"));
 
   m.attr("cuda_topk_max_k") = reidfast::cuda::kTopkMaxK;
   m.def("topk_distance_workspace_bytes", &reidfast::cuda::topk_distance_workspace_bytes);
