@@ -10,6 +10,7 @@
 #include "cpu/distance.h"
 #include "cpu/triplet.h"
 #include "cpu/evaluate.h"
+#include "cpu/rerank.h"
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
@@ -157,6 +158,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("anchors"), py::arg("candidates"), py::arg("positive_index"), py::arg("negative_index"),
       py::arg("positive_weight"), py::arg("negative_weight"), py::arg("grad_anchors"), py::arg("grad_candidates"));
 
+  m.def("rerank_half_k1", &reidfast::cpu::rerank_half_k1, py::arg("k1"));
+  m.def(
+      "rerank_topk_block_cpu",
+      [](const ArrayView& left, const ArrayView& right, int64_t k, const ArrayView& row_max,
+         const ArrayView& indices) {
+        py::gil_scoped_release release;
+        reidfast::cpu::rerank_topk_block(left, right, k, row_max, indices);
+      },
+      py::arg("left"), py::arg("right"), py::arg("k"), py::arg("row_max"), py::arg("indices"));
+  m.def(
+      "rerank_finish_cpu",
+      [](const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features, int metric,
+         const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g, int64_t num_query, int64_t k1, int64_t k2,
+         double lambda_value, const ArrayView& out) {
+        py::gil_scoped_release release;
+        reidfast::cpu::rerank_finish(ranks, row_max, features, to_metric(metric), q_g, q_q, g_g, num_query, k1, k2,
+                                     lambda_value, out);
+      },
+      py::arg("ranks"), py::arg("row_max"), py::arg("features"), py::arg("metric"), py::arg("q_g"), py::arg("q_q"),
+      py::arg("g_g"), py::arg("num_query"), py::arg("k1"), py::arg("k2"), py::arg("lambda_value"), py::arg("out"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

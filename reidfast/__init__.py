@@ -16,6 +16,7 @@ from .evaluation import EvaluatorResult, ReIDEvaluator, VerificationResult, veri
 from .losses import BatchHardTripletLoss, CrossEntropyLabelSmooth
 from .ops.distance import pairwise_distance
 from .ops.evaluation import RankingResult, evaluate
+from .ops.rerank import re_ranking, re_ranking_distances
 from .ops.topk import topk_distance
 from .ops.triplet import batch_hard_triplet_loss
 
@@ -36,6 +37,8 @@ __all__ = [
     "build_info",
     "evaluate",
     "pairwise_distance",
+    "re_ranking",
+    "re_ranking_distances",
     "topk_distance",
     "use_backend",
     "verification_metrics",

@@ -18,11 +18,12 @@
 namespace reidfast {
 namespace cpu {
 
-// block (b, N): raw distances of b rows (row r holds joint[:, i] for some item i), float32 or float64,
-// unit inner stride. Writes row_max (b,) float32: max_j float32(x_j^2), with 0 replaced by 1; and
-// indices (b, k) int64: the k columns with the smallest float32(x_j^2) / row_max, ascending by
-// (value, column). 1 <= k <= N.
-void rerank_topk_block(const ArrayView& block, int64_t k, const ArrayView& row_max, const ArrayView& indices);
+// Row r of the block is [left[r, :], right[r, :]] (b rows, N columns in all): the raw distances of the
+// joint matrix for one item each, float32 or float64, any strides (a transposed view reads well). Writes
+// row_max (b,) float32: max_j float32(x_j^2), with 0 replaced by 1; and indices (b, k) int64: the k
+// columns with the smallest float32(x_j^2) / row_max, ascending by (value, column). 1 <= k <= N.
+void rerank_topk_block(const ArrayView& left, const ArrayView& right, int64_t k, const ArrayView& row_max,
+                       const ArrayView& indices);
 
 // ranks (N, K) int64: each row's K >= k1+1 first items (from rerank_topk_block); row_max (N,) float32.
 // Pair distances come from either
