@@ -13,7 +13,6 @@ import argparse
 import numpy as np
 
 import reidfast
-from reidfast.reference.rerank import re_ranking
 
 KEYS = ("query_features", "gallery_features", "query_pids", "gallery_pids", "query_camids", "gallery_camids")
 
@@ -49,7 +48,7 @@ def main() -> None:
     g_g = reidfast.pairwise_distance(gallery, metric=args.metric)
     labels = (data["query_pids"], data["gallery_pids"], data["query_camids"], data["gallery_camids"])
     before = reidfast.evaluate(q_g, *labels)
-    after = reidfast.evaluate(re_ranking(q_g, q_q, g_g, args.k1, args.k2, args.lambda_value), *labels)
+    after = reidfast.evaluate(reidfast.re_ranking_distances(q_g, q_q, g_g, args.k1, args.k2, args.lambda_value), *labels)
     for name, result in (("plain", before), ("re-ranked", after)):
         print(f"{name:>10}: rank-1 {result.cmc[0]:.1%}  rank-5 {result.cmc[4]:.1%}  mAP {result.mAP:.1%}  "
               f"mINP {result.mINP:.1%}  ({result.num_valid_queries} queries)")

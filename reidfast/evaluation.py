@@ -357,8 +357,8 @@ class ReIDEvaluator:
 
     Args:
         metric: "euclidean", "sqeuclidean" or "cosine" (reidfast.pairwise_distance).
-        rerank: also evaluate k-reciprocal re-ranked distances (k1, k2, lambda_value; reference numpy
-            re-ranking for now, O((Q + G)^2) memory: about 4 GB at Market-1501 size).
+        rerank: also evaluate k-reciprocal re-ranked distances (k1, k2, lambda_value; reidfast.re_ranking from
+            the features for euclidean/cosine, O(N*k1 + Q*G) memory).
         max_rank, protocol ("market1501" | "cuhk03"), seed: as in reidfast.evaluate.
         device: where update() keeps the features ("cpu" frees GPU memory during evaluation; None keeps
             them on the device they come from, so distances are computed there).
@@ -469,14 +469,17 @@ class ReIDEvaluator:
 
         reranked = None
         if self.rerank if rerank is None else rerank:
-            from .reference.rerank import re_ranking
+            from .ops.rerank import re_ranking, re_ranking_distances
 
-            q_q = pairwise_distance(query_features, metric=self.metric)
-            g_g = pairwise_distance(gallery_features, metric=self.metric)
-            reranked_distmat = re_ranking(
-                *(d.float().cpu().numpy() for d in (distmat, q_q, g_g)), k1=self.k1, k2=self.k2, lambda_value=self.lambda_value
-            )
-            del q_q, g_g
+            if self.metric in ("euclidean", "cosine"):  # from features: no (Q+G)^2 matrix at all
+                reranked_distmat = re_ranking(query_features, gallery_features, k1=self.k1, k2=self.k2,
+                                              lambda_value=self.lambda_value, metric=self.metric)
+            else:
+                q_q = pairwise_distance(query_features, metric=self.metric)
+                g_g = pairwise_distance(gallery_features, metric=self.metric)
+                reranked_distmat = re_ranking_distances(distmat, q_q, g_g, k1=self.k1, k2=self.k2,
+                                                        lambda_value=self.lambda_value)
+                del q_q, g_g
             reranked = evaluate(reranked_distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
 
         verification_result = None
