@@ -49,7 +49,7 @@ def _mine_cpu(anchors, candidates, anchor_labels, candidate_labels, anchor_index
     if num_candidates == 0:
         return _empty_result(num_anchors, dtype, anchors.device)
     anchor_norms = (anchors * anchors).sum(1)
-    candidate_norms = (candidates * candidates).sum(1)
+    candidate_norms = anchor_norms if same_rows(anchors, candidates) else (candidates * candidates).sum(1)
     labels_a, labels_c, self_index = (t.to(torch.int64).contiguous() for t in (anchor_labels, candidate_labels, anchor_index))
     dist_ap, dist_an = torch.empty(num_anchors, dtype=dtype), torch.empty(num_anchors, dtype=dtype)
     positive, negative = torch.empty(num_anchors, dtype=torch.int64), torch.empty(num_anchors, dtype=torch.int64)
