@@ -39,6 +39,39 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+LAYOUTS = ("market1501", "dukemtmc", "cuhk03-labeled", "cuhk03-detected", "msmt17", "folder")
+
+
+def load_layout(root: str, layout: str):
+    """The dataset at `root` in one of LAYOUTS (reidfast.data loaders)."""
+    from reidfast import data
+
+    loaders = {
+        "market1501": data.load_market1501,
+        "dukemtmc": data.load_dukemtmc,
+        "cuhk03-labeled": lambda r: data.load_cuhk03_np(r, labeled=True),
+        "cuhk03-detected": lambda r: data.load_cuhk03_np(r, labeled=False),
+        "msmt17": data.load_msmt17,
+        "folder": data.load_folder,
+    }
+    return loaders[layout](root)
+
+
+def _eda(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reidfast.eda import dataset_statistics, write_eda_report
+
+    dataset = load_layout(args.root, args.layout)
+    splits = {"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}
+    stats = dataset_statistics(**splits)
+    out = Path(args.out)
+    written = write_eda_report(stats, out, splits, overwrite=args.overwrite)
+    print(dataset.summary())
+    print(f"\nEDA report written to {out}: {', '.join(sorted(written))}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reidfast", description="Fast person re-identification kernels and tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,10 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", help="write the metrics as JSON to this file")
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     demo.set_defaults(run=_demo)
+    eda = commands.add_parser("eda", help="statistics, a markdown report and plots of a re-ID dataset folder")
+    eda.add_argument("root", help="dataset folder (e.g. the one holding bounding_box_train/ for Market-1501)")
+    eda.add_argument("--layout", choices=LAYOUTS, default="market1501", help="folder layout (default market1501)")
+    eda.add_argument("--out", default="eda", help="output folder for report.md and the PNGs (default ./eda)")
+    eda.add_argument("--overwrite", action="store_true", help="replace report files that already exist")
+    eda.set_defaults(run=_eda)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
         parser.exit(2, f"reidfast {args.command}: error: {error}\n")
 
 

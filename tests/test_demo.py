@@ -45,3 +45,20 @@ def test_cli_argument_errors_exit_2(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_eda_command_writes_a_report_and_never_overwrites(tmp_path, capsys):
+    from reidfast.data import make_synthetic_reid
+
+    make_synthetic_reid(tmp_path / "data", num_train_ids=8, num_test_ids=8, num_cameras=3, seed=1)
+    out = tmp_path / "eda"
+    assert main(["eda", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert "EDA report written" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "train" in report and (out / "images_per_identity.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eda", str(tmp_path / "data"), "--out", str(out)])
+    assert exit_info.value.code == 2 and "refusing to overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eda", str(tmp_path / "missing")])
+    assert "missing folder" in capsys.readouterr().err
