@@ -129,41 +129,6 @@ def _host_array(value: Any) -> tuple[Any, torch.device | None]:
     return value, None
 
 
-def _has_nonfinite(array: np.ndarray) -> bool:
-    """np.isfinite(array).all() is False, tested a block of rows at a time (no N x N boolean mask)."""
-    step = max(1, _BLOCK_ELEMENTS // max(1, array.shape[1]))
-    return any(not np.isfinite(array[s:s + step]).all() for s in range(0, array.shape[0], step))
-
-
-def _check_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The reference's checks and messages, with a finiteness test that allocates no N x N mask."""
-    arrays = {}
-    for name, value in (("q_g_dist", q_g_dist), ("q_q_dist", q_q_dist), ("g_g_dist", g_g_dist)):
-        array = np.asarray(value)
-        if array.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D distance matrix, got shape {array.shape}")
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-            raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-        dtype = np.float64 if array.dtype == np.float64 else np.float32
-        array = array.astype(dtype, copy=False)
-        if _has_nonfinite(array):
-            raise ValueError(f"{name} contains NaN or Inf; re-ranking needs finite distances")
-        arrays[name] = array
-    q_g, q_q, g_g = arrays["q_g_dist"], arrays["q_q_dist"], arrays["g_g_dist"]
-    num_query, num_gallery = q_g.shape
-    if q_q.shape != (num_query, num_query):
-        raise ValueError(
-            f"q_q_dist must have shape (Q, Q) = {(num_query, num_query)} to match q_g_dist {q_g.shape}, "
-            f"got {q_q.shape}"
-        )
-    if g_g.shape != (num_gallery, num_gallery):
-        raise ValueError(
-            f"g_g_dist must have shape (G, G) = {(num_gallery, num_gallery)} to match q_g_dist {q_g.shape}, "
-            f"got {g_g.shape}"
-        )
-    return q_g, q_q, g_g
-
-
 def _run(kind, data, k1, k2, lambda_value, device, chunk_size, progress):
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
@@ -215,7 +180,7 @@ def re_ranking_distances(
     q_g, device = _host_array(q_g_dist)
     q_q, _ = _host_array(q_q_dist)
     g_g, _ = _host_array(g_g_dist)
-    q_g, q_q, g_g = _check_distances(q_g, q_q, g_g)
+    q_g, q_q, g_g = reference._check_distances(q_g, q_q, g_g)
     k1, k2, lambda_value = reference._check_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
     if np.float64 in (q_g.dtype, q_q.dtype, g_g.dtype):  # the published np.concatenate promotes to float64
         q_g, q_q, g_g = (a.astype(np.float64, copy=False) for a in (q_g, q_q, g_g))
