@@ -72,6 +72,27 @@ def _eda(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from reidfast.train import TrainConfig, train
+
+    dataset = load_layout(args.data, args.layout)
+    overrides = {name: getattr(args, name) for name in ("epochs", "batch_p", "batch_k", "lr", "height", "width",
+                                                        "device", "seed", "eval_every") if getattr(args, name) is not None}
+    try:
+        config = replace(TrainConfig(), **overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(str(error)) from error
+    result = train(dataset, config, args.out, resume=args.resume, overwrite=args.overwrite)
+    final = result.get("final") or {}
+    ranking = final.get("ranking") or {}
+    if ranking:
+        print(f"final: mAP {ranking.get('mAP', float('nan')):.1%}  rank-1 {ranking.get('rank1', float('nan')):.1%}")
+    print(f"checkpoint and metrics.json in {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reidfast", description="Fast person re-identification kernels and tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     eda.add_argument("--out", default="eda", help="output folder for report.md and the PNGs (default ./eda)")
     eda.add_argument("--overwrite", action="store_true", help="replace report files that already exist")
     eda.set_defaults(run=_eda)
+    train = commands.add_parser("train", help="train the built-in re-ID model on a dataset folder (reidfast.train)")
+    train.add_argument("--data", required=True, help="dataset folder")
+    train.add_argument("--layout", choices=LAYOUTS, default="market1501", help="folder layout (default market1501)")
+    train.add_argument("--out", default="runs/reidfast", help="output folder for checkpoint.pt and metrics.json")
+    train.add_argument("--resume", help="checkpoint.pt to continue from")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    for name, kind in (("epochs", int), ("batch_p", int), ("batch_k", int), ("lr", float), ("height", int),
+                       ("width", int), ("seed", int), ("eval_every", int)):
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="see reidfast.train.TrainConfig")
+    train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    train.set_defaults(run=_train)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -62,3 +62,22 @@ def test_eda_command_writes_a_report_and_never_overwrites(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eda", str(tmp_path / "missing")])
     assert "missing folder" in capsys.readouterr().err
+
+
+def test_train_command_trains_and_reports_bad_settings(tmp_path, capsys):
+    from reidfast.data import make_synthetic_reid
+
+    make_synthetic_reid(tmp_path / "data", num_train_ids=6, num_test_ids=6, num_cameras=3, seed=2,
+                        image_size=(64, 32), zipf_a=1.1)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--batch-p", "3",
+            "--batch-k", "2", "--height", "64", "--width", "32", "--device", "cpu"]
+    assert main(argv) == 0
+    assert (out / "checkpoint.pt").exists() and (out / "metrics.json").exists()
+    assert "final: mAP" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)  # the run's files exist: refused without --overwrite
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv[:-2] + ["--batch-k", "1"])
+    assert exit_info.value.code == 2 and "batch_k" in capsys.readouterr().err
