@@ -17,6 +17,8 @@ import pytest  # noqa: E402
 import reidfast  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Where Triton kernel tests run: CPU tensors under the interpreter, else CUDA tensors (None: nowhere).
+TRITON_TEST_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda" if torch.cuda.is_available() else None)
 
 
 def backends_for(device: str, implemented: tuple[str, ...] = ("cuda", "triton", "cpu")) -> list[str]:

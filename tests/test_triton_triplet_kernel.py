@@ -6,7 +6,6 @@ Runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without CUDA), 
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -17,10 +16,12 @@ from reidfast.reference.distance import METRICS, accumulation_dtype, pairwise_di
 from reidfast.reference.triplet import batch_hard_triplet_loss  # noqa: E402
 from reidfast.kernels.triton.triplet import batch_hard_mine  # noqa: E402
 
+from conftest import TRITON_TEST_DEVICE  # noqa: E402
+
 pytestmark = pytest.mark.triton
 
-DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
-if DEVICE == "cuda" and not torch.cuda.is_available():
+DEVICE = TRITON_TEST_DEVICE
+if DEVICE is None:
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
