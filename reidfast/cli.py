@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 
@@ -31,11 +32,17 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from reidfast.demo import DEMO_DATASET, run_demo
+    from reidfast.train import _resolve_device
 
-    from reidfast.demo import run_demo
-
-    run_demo(seed=args.seed, num_ids=args.ids, out=Path(args.out) if args.out else None, overwrite=args.overwrite)
+    try:
+        _resolve_device(args.device)
+    except RuntimeError as error:  # e.g. --device cuda without CUDA: an argument error, not a crash
+        raise ValueError(f"--device: {error}") from error
+    dataset = replace(DEMO_DATASET, **{name: getattr(args, name) for name in ("num_train_ids", "num_test_ids")
+                                       if getattr(args, name) is not None})
+    run_demo(args.out, epochs=args.epochs, device=args.device, seed=args.seed, data=args.data,
+             overwrite=args.overwrite, progress=not args.quiet, dataset=dataset)
     return 0
 
 
@@ -54,6 +61,8 @@ def load_layout(root: str, layout: str):
         "msmt17": data.load_msmt17,
         "folder": data.load_folder,
     }
+    if layout not in loaders:
+        raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     return loaders[layout](root)
 
 
@@ -73,9 +82,7 @@ def _eda(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from reidfast.train import TrainConfig, train
+    from reidfast.train import TrainConfig, is_main_process, train
 
     dataset = load_layout(args.data, args.layout)
     overrides = {name: getattr(args, name) for name in ("epochs", "batch_p", "batch_k", "lr", "height", "width",
@@ -85,6 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         raise ValueError(str(error)) from error
     result = train(dataset, config, args.out, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     final = result.get("final") or {}
     ranking = final.get("ranking") or {}
     if ranking:
@@ -93,16 +102,74 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nan_to_none(value):
+    """Strict-JSON copy: NaN (e.g. rank-10 with --max-rank < 10) becomes None (null)."""
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(item) for item in value]
+    return None if isinstance(value, float) and value != value else value
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from reidfast.evaluation import ranking_table
+    from reidfast.train import _atomic_write, _to_python, evaluate_model, load_checkpoint_model
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")
+    dataset = load_layout(args.data, args.layout)
+    if not dataset.query or not dataset.gallery:
+        raise ValueError(f"--data {args.data!r} ({args.layout} layout) has {len(dataset.query)} query and "
+                         f"{len(dataset.gallery)} gallery images; evaluation needs both")
+    loaded = load_checkpoint_model(args.checkpoint, device=args.device)
+    started = time.perf_counter()
+    result = evaluate_model(loaded.model, dataset, loaded.config, rerank=args.rerank, batch_size=args.batch_size,
+                            max_rank=args.max_rank, protocol=args.protocol)
+    seconds = time.perf_counter() - started
+    print(f"{args.checkpoint}: {loaded.epoch} epochs on {loaded.dataset or 'unknown data'}; "
+          f"{result.num_query} queries x {result.num_gallery} gallery images of {dataset.name} "
+          f"({args.protocol} protocol), {seconds:.1f}s")
+    rows = [("euclidean distance", result.ranking)]
+    if result.reranked is not None:
+        rows.append(("+ k-reciprocal re-rank", result.reranked))
+    print(ranking_table(rows))
+    if out is not None:
+        report = {"checkpoint": str(args.checkpoint), "epoch": loaded.epoch, "data": str(args.data),
+                  "layout": args.layout, "dataset": dataset.name, "protocol": args.protocol,
+                  "max_rank": args.max_rank, **_to_python(result.to_dict())}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out, lambda tmp: tmp.write_text(json.dumps(_nan_to_none(report), indent=2, allow_nan=False)))
+        print(f"metrics written to {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reidfast", description="Fast person re-identification kernels and tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="version, backends (what is built and usable, and why not), build facts")
     info.set_defaults(run=_info)
-    demo = commands.add_parser("demo", help="rank, evaluate and re-rank a synthetic re-ID embedding set")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic set (default 0)")
-    demo.add_argument("--ids", type=_positive_int, default=300, help="number of identities (default 300)")
-    demo.add_argument("--out", help="write the metrics as JSON to this file")
-    demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    demo = commands.add_parser(
+        "demo", help="the main job: synthetic images -> EDA -> train -> evaluate (+ re-ranking) -> pictures",
+        description="Generate (or reuse) the synthetic re-ID image dataset, write an EDA report, evaluate the "
+                    "untrained model, train it (ID + fused triplet loss), evaluate with and without k-reciprocal "
+                    "re-ranking, compute verification metrics, draw CMC curves, a ranked-results grid and a "
+                    "t-SNE, and write summary.md and metrics.json into --out.")
+    demo.add_argument("--out", default="reidfast-demo", help="output folder (default ./reidfast-demo)")
+    demo.add_argument("--epochs", type=_positive_int, help="training epochs (default 60)")
+    demo.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the dataset, model and training (default 0)")
+    demo.add_argument("--data", help="synthetic dataset folder (default OUT/data; reused when it holds the same dataset)")
+    demo.add_argument("--train-ids", dest="num_train_ids", type=_positive_int,
+                      help="training identities of the synthetic dataset (default 500)")
+    demo.add_argument("--test-ids", dest="num_test_ids", type=_positive_int,
+                      help="test identities of the synthetic dataset (default 100)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the output of an earlier demo in --out")
+    demo.add_argument("--quiet", action="store_true", help="no per-epoch log or progress bars")
     demo.set_defaults(run=_demo)
     eda = commands.add_parser("eda", help="statistics, a markdown report and plots of a re-ID dataset folder")
     eda.add_argument("root", help="dataset folder (e.g. the one holding bounding_box_train/ for Market-1501)")
@@ -121,6 +188,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="see reidfast.train.TrainConfig")
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     train.set_defaults(run=_train)
+    evaluate = commands.add_parser("eval", help="evaluate a reidfast train checkpoint on a dataset's query/gallery")
+    evaluate.add_argument("--data", required=True, help="dataset folder")
+    evaluate.add_argument("--layout", choices=LAYOUTS, default="market1501", help="folder layout (default market1501)")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt written by reidfast train")
+    evaluate.add_argument("--rerank", action="store_true", help="also report k-reciprocal re-ranked metrics")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=128,
+                          help="images per forward pass (default 128)")
+    evaluate.add_argument("--max-rank", dest="max_rank", type=_positive_int, default=50,
+                          help="length of the CMC curve (default 50)")
+    evaluate.add_argument("--protocol", choices=("market1501", "cuhk03"), default="market1501",
+                          help="evaluation protocol (default market1501; cuhk03: single-shot gallery sampling)")
+    evaluate.add_argument("--out", help="write the metrics as JSON to this file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    evaluate.set_defaults(run=_eval)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
