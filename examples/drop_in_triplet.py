@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import reidfast
-from reidfast.demo import synthetic_embeddings
+from reidfast.data import synthetic_embeddings
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ KEYS = ("query_features", "gallery_features", "query_pids", "gallery_pids", "que
 
 def load(path: str | None) -> dict[str, np.ndarray]:
     if path is None:
-        from reidfast.demo import synthetic_embeddings
+        from reidfast.data import synthetic_embeddings
 
         query, gallery = synthetic_embeddings()
         return dict(zip(KEYS, (query.features, gallery.features, query.pids, gallery.pids, query.camids, gallery.camids)))

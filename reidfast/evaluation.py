@@ -32,7 +32,7 @@ from .ops.distance import pairwise_distance
 from .ops.evaluation import PROTOCOLS, RankingResult, _count_nan, evaluate
 from .reference.distance import METRICS
 
-__all__ = ["EvaluatorResult", "ReIDEvaluator", "VerificationResult", "verification_metrics"]
+__all__ = ["EvaluatorResult", "ReIDEvaluator", "VerificationResult", "ranking_table", "verification_metrics"]
 
 FPR_TARGETS = (1e-4, 1e-3, 1e-2)
 DEFAULT_MAX_PAIRS = 2_000_000
@@ -312,6 +312,22 @@ class EvaluatorResult:
         return "\n".join(parts)
 
     __str__ = summary
+
+
+def ranking_table(rows: Sequence[tuple[str, Any]]) -> str:
+    """Markdown table of (name, result) rows, result any object with rank1/rank5/rank10/mAP/mINP (RankingResult,
+    EvaluatorResult): percentages, "n/a" where a rank lies past the evaluated max_rank (NaN)."""
+    def percent(value: float, width: int) -> str:
+        return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:{width}.1%}"
+
+    width = max([len("ranking")] + [len(name) for name, _ in rows])
+    lines = [f"| {'ranking':<{width}} | rank-1 | rank-5 | rank-10 |  mAP   |  mINP  |",
+             f"|{'-' * (width + 2)}|-------:|-------:|--------:|-------:|-------:|"]
+    for name, result in rows:
+        values = [percent(v, w) for v, w in ((result.rank1, 6), (result.rank5, 6), (result.rank10, 7),
+                                             (result.mAP, 6), (result.mINP, 6))]
+        lines.append(f"| {name:<{width}} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
 
 
 def _is_distributed() -> bool:

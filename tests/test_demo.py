@@ -1,13 +1,15 @@
-"""`reidfast demo` end to end on a small synthetic set, and the CLI's argument errors."""
+"""`reidfast demo` end to end on a small synthetic image set, and the CLI's argument errors."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from reidfast.cli import main
-from reidfast.demo import synthetic_embeddings
+from reidfast.data import synthetic_embeddings
+from reidfast.demo import demo_output_files
 
 
 def test_synthetic_embeddings_are_deterministic_and_shaped():
@@ -20,26 +22,53 @@ def test_synthetic_embeddings_are_deterministic_and_shaped():
     assert not np.array_equal(synthetic_embeddings(num_ids=20, num_distractors=10, seed=4)[1].features, gallery_a.features)
 
 
-def test_demo_runs_and_reranking_helps(tmp_path, capsys):
-    out = tmp_path / "metrics.json"
-    assert main(["demo", "--ids", "120", "--out", str(out)]) == 0
+SMALL_DEMO = ["--train-ids", "16", "--test-ids", "8", "--epochs", "2", "--device", "cpu", "--quiet"]
+
+
+def test_demo_runs_end_to_end_and_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *SMALL_DEMO]) == 0
     printed = capsys.readouterr().out
-    assert "k-reciprocal" in printed and "mAP" in printed
-    metrics = json.loads(out.read_text())
-    assert 0.3 < metrics["plain"]["mAP"] < 0.95
-    assert metrics["reranked"]["mAP"] > metrics["plain"]["mAP"]
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in printed
+    assert "untrained model" in printed and "re-ranking" in printed and "ROC AUC" in printed
+    for path in demo_output_files(out):
+        assert path.is_file() and path.stat().st_size > 0, path
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["num_train_ids"] == 16 and metrics["config"]["epochs"] == 2
+    for run in ("untrained", "trained"):
+        assert 0.0 <= metrics[run]["ranking"]["mAP"] <= 1.0
+    assert metrics["trained"]["reranked"] is not None and metrics["trained"]["verification"] is not None
+    assert len(metrics["trained"]["ranking"]["cmc"]) >= 10
+    assert set(metrics["seconds"]) >= {"data", "eda", "baseline", "train", "evaluate", "pictures", "total"}
+    summary = (out / "summary.md").read_text()
+    assert "| trained" in summary and "![CMC](cmc.png)" in summary
+    from PIL import Image
+
+    with Image.open(out / "ranked_results.png") as grid:
+        assert grid.width > 10 * 32 and grid.height > 64
 
 
-def test_demo_never_overwrites_without_permission(tmp_path):
-    out = tmp_path / "metrics.json"
-    out.write_text("mine")
+def test_demo_never_overwrites_without_permission(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "summary.md").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--ids", "5", "--out", str(out)])
-    assert exit_info.value.code == 2
-    assert out.read_text() == "mine"
+        main(["demo", "--out", str(out), *SMALL_DEMO])
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "summary.md").read_text() == "mine"
+    assert not (out / "data").exists()  # refused before doing any work
 
 
-@pytest.mark.parametrize("argv", [["demo", "--ids", "0"], ["demo", "--ids", "many"], ["bogus"], []])
+def test_demo_rejects_a_device_it_cannot_use(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "demo"), "--device", "cuda"])
+    assert exit_info.value.code == 2 and "--device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["demo", "--epochs", "0"], ["demo", "--train-ids", "many"], ["bogus"], []])
 def test_cli_argument_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

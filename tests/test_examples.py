@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reidfast.demo import synthetic_embeddings
+from reidfast.data import synthetic_embeddings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -13,6 +13,7 @@ from .datasets import (
     load_msmt17,
 )
 from .samplers import DistributedPKSampler, PKSampler, balanced_weighted_sampler
+from .synthetic import EmbeddingSplit, make_synthetic_reid, synthetic_embeddings
 from .transforms import (
     Compose,
     Normalize,
@@ -28,6 +29,7 @@ from .transforms import (
 __all__ = [
     "Compose",
     "DistributedPKSampler",
+    "EmbeddingSplit",
     "ImageDataset",
     "ImageRecord",
     "Normalize",
@@ -47,11 +49,6 @@ __all__ = [
     "load_folder",
     "load_market1501",
     "load_msmt17",
+    "make_synthetic_reid",
+    "synthetic_embeddings",
 ]
-
-try:  # written by a colleague in parallel; optional until it lands
-    from .synthetic import make_synthetic_reid  # noqa: F401
-except ImportError:
-    pass
-else:
-    __all__.append("make_synthetic_reid")

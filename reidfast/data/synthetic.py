@@ -21,12 +21,13 @@ import json
 import os
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["make_synthetic_reid", "MARKER_NAME", "SYNTHETIC_VERSION"]
+__all__ = ["make_synthetic_reid", "synthetic_embeddings", "EmbeddingSplit", "MARKER_NAME", "SYNTHETIC_VERSION"]
 
 MARKER_NAME = "synthetic.json"
 SYNTHETIC_VERSION = 1
@@ -323,3 +324,41 @@ def make_synthetic_reid(
     marker.write_text(json.dumps({"params": params, "complete": True, "files": files, "stats": stats}, indent=0))
     stats = dict(stats, reused=False, elapsed_s=time.perf_counter() - start)
     return stats
+
+
+# --------------------------------------------------------------------------------------------------------
+# embedding-level synthetic data (no images): for examples and tests of the ranking ops
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class EmbeddingSplit:
+    features: np.ndarray  # (num_images, dim) float32
+    pids: np.ndarray  # (num_images,) int64, 0 = distractor
+    camids: np.ndarray  # (num_images,) int64
+
+
+def synthetic_embeddings(
+    num_ids: int = 300, num_cameras: int = 6, dim: int = 128, num_distractors: int = 500, seed: int = 0,
+    camera_shift: float = 0.6, noise: float = 0.8,
+) -> tuple[EmbeddingSplit, EmbeddingSplit]:
+    """(query, gallery) embeddings with identity clusters, camera offsets and long-tailed image counts."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((num_ids, dim)) / np.sqrt(dim)
+    camera_offsets = camera_shift * rng.standard_normal((num_cameras, dim)) / np.sqrt(dim)
+    images_per_id = np.minimum(5 + rng.zipf(1.6, num_ids), 40)  # long-tailed
+    query, gallery = [], []
+    for pid, count in enumerate(images_per_id, start=1):
+        cameras = rng.integers(0, num_cameras, count)
+        features = centres[pid - 1] + camera_offsets[cameras] + noise * rng.standard_normal((count, dim)) / np.sqrt(dim)
+        query.append((features[:1], pid, cameras[:1]))
+        gallery.append((features[1:], pid, cameras[1:]))
+    distractor_cameras = rng.integers(0, num_cameras, num_distractors)
+    distractors = rng.standard_normal((num_distractors, dim)) / np.sqrt(dim) + camera_offsets[distractor_cameras]
+    gallery.append((distractors, 0, distractor_cameras))
+
+    def stack(parts) -> EmbeddingSplit:
+        features = np.concatenate([f for f, _, _ in parts]).astype(np.float32)
+        pids = np.concatenate([np.full(len(f), pid, dtype=np.int64) for f, pid, _ in parts])
+        camids = np.concatenate([c for _, _, c in parts]).astype(np.int64)
+        return EmbeddingSplit(features, pids, camids)
+
+    return stack(query), stack(gallery)
