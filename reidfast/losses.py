@@ -47,7 +47,7 @@ def gather_with_gradients(embeddings: torch.Tensor, labels: torch.Tensor) -> tup
 
     Embeddings keep their gradient path: the backward of the gather sends each rank the gradient of its rows.
     """
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
 
     world, rank = dist.get_world_size(), dist.get_rank()
     size = torch.tensor([embeddings.shape[0]], device=embeddings.device)
@@ -58,7 +58,8 @@ def gather_with_gradients(embeddings: torch.Tensor, labels: torch.Tensor) -> tup
     padding = largest - embeddings.shape[0]
     padded = F.pad(embeddings, (0, 0, 0, padding))
     padded_labels = F.pad(labels, (0, padding))
-    gathered = all_gather(padded)
+    # (world * largest, D), differentiable: the backward sends each rank the gradient of its own rows
+    gathered = all_gather_tensor_autograd(padded, gather_dim=0, group=dist.group.WORLD).split(largest)
     gathered_labels = [torch.empty_like(padded_labels) for _ in range(world)]
     dist.all_gather(gathered_labels, padded_labels)
     candidates = torch.cat([g[:n] for g, n in zip(gathered, sizes)])
