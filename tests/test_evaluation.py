@@ -1,4 +1,4 @@
-"""reidfast.evaluate (native vs reference, bit for bit), verification metrics and ReIDEvaluator."""
+"""reidfast.evaluate (cpu and torch backends vs reference, bit for bit), verification metrics and ReIDEvaluator."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reidfast
+from reidfast import _dispatch
 from reidfast.ops import evaluation as evaluation_op
 from reidfast.reference.evaluation import evaluate_cuhk03, evaluate_market1501
 from reidfast.reference.rerank import re_ranking
@@ -19,7 +20,9 @@ from reidfast.reference.rerank import re_ranking
 from conftest import DEVICES
 
 NATIVE = reidfast.backends()["cpu"].available
-BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not NATIVE, reason="native module not built"))]
+CPU = pytest.param("cpu", marks=pytest.mark.skipif(not NATIVE, reason="native module not built"))
+FAST_BACKENDS = [CPU, "torch"]  # compared with the reference; torch runs on CPU tensors here, on CUDA ones too
+BACKENDS = ["reference", *FAST_BACKENDS]
 
 
 def run_evaluate(backend, *args, **kwargs):
@@ -116,23 +119,29 @@ CASES = {
 }
 
 
-@pytest.mark.skipif(not NATIVE, reason="native module not built")
+def small_chunks(monkeypatch, rows, num_gallery):
+    """Make the torch backend work on about `rows` query rows per chunk (at least 1; fewer with CUHK03)."""
+    budget = rows * num_gallery * evaluation_op._DEVICE_BYTES_PER_DISTANCE
+    monkeypatch.setattr(evaluation_op, "DEVICE_CHUNK_BYTES", {"cpu": budget, "cuda": budget})
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_native_equals_reference(case, dtype):
+def test_fast_backends_equal_reference(case, dtype, backend):
     num_query, num_gallery, num_ids, num_cams, ties, max_rank = CASES[case]
     rng = np.random.default_rng(list(CASES).index(case))
     args = random_problem(rng, num_query, num_gallery, num_ids, num_cams, ties, dtype)
     expected = reference_market(*args, max_rank=max_rank)
     if case == "many-skipped-queries":
         assert expected.num_skipped_queries > 10
-    result = run_evaluate("cpu", *args, max_rank=max_rank)
-    assert result.backend == "cpu"
+    result = run_evaluate(backend, *args, max_rank=max_rank)
+    assert result.backend == backend
     assert_same_result(result, expected)
 
 
-@pytest.mark.skipif(not NATIVE, reason="native module not built")
-@settings(max_examples=150, deadline=None)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@settings(max_examples=100, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     num_query=st.integers(1, 12),
@@ -142,15 +151,15 @@ def test_native_equals_reference(case, dtype):
     ties=st.booleans(),
     max_rank=st.integers(1, 60),
 )
-def test_native_equals_reference_on_random_problems(seed, num_query, num_gallery, num_ids, num_cams, ties, max_rank):
+def test_fast_backends_equal_reference_on_random_problems(backend, seed, num_query, num_gallery, num_ids, num_cams, ties, max_rank):
     args = random_problem(np.random.default_rng(seed), num_query, num_gallery, num_ids, num_cams, ties)
     try:
         expected = reference_market(*args, max_rank=max_rank)
     except ValueError:  # every query skipped: both must refuse
         with pytest.raises(ValueError, match="all queries have no valid gallery match"):
-            run_evaluate("cpu", *args, max_rank=max_rank)
+            run_evaluate(backend, *args, max_rank=max_rank)
         return
-    assert_same_result(run_evaluate("cpu", *args, max_rank=max_rank), expected)
+    assert_same_result(run_evaluate(backend, *args, max_rank=max_rank), expected)
 
 
 @pytest.mark.skipif(not NATIVE, reason="native module not built")
@@ -159,7 +168,7 @@ def test_native_per_query_ranks_match_a_brute_force_count():
     rng = np.random.default_rng(3)
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 25, 120, 8, 3, ties=True)
     labels = evaluation_op._validate(distmat, q_pids, g_pids, q_camids, g_camids, 50)[1]
-    first_rank, average_precision, inverse_negative_penalty = evaluation_op._market1501_per_query(
+    first_rank, average_precision, inverse_negative_penalty = evaluation_op._cpu_per_query(
         torch.from_numpy(distmat), labels
     )
     for q in range(distmat.shape[0]):
@@ -190,8 +199,10 @@ def test_native_per_query_ranks_match_a_brute_force_count():
     ],
 )
 def test_dtypes_and_strides_equal_the_reference(monkeypatch, backend, convert):
-    """The cpu backend copies these (widening, transposing) block by block: a tiny block size exercises it."""
+    """The cpu backend copies these (widening, transposing) block by block, the torch backend sorts them as
+    they are, chunk by chunk: tiny blocks and chunks exercise both."""
     monkeypatch.setattr(evaluation_op, "COPY_BLOCK_BYTES", 300 * 8)  # 1 row per block
+    small_chunks(monkeypatch, rows=2, num_gallery=300)
     rng = np.random.default_rng(11)
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 9, 300, 10, 3)
     distmat = convert(distmat)
@@ -199,12 +210,32 @@ def test_dtypes_and_strides_equal_the_reference(monkeypatch, backend, convert):
     assert_same_result(run_evaluate(backend, distmat, q_pids, g_pids, q_camids, g_camids), expected)
 
 
-@pytest.mark.skipif(not NATIVE, reason="native module not built")
-def test_native_huge_int64_distances_are_not_merged_into_ties():
-    # 2**60 and 2**60 + 1 are one float64: the cpu backend must not rank them as a tie.
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_huge_int64_distances_are_not_merged_into_ties(backend):
+    # 2**60 and 2**60 + 1 are one float64: no backend may rank them as a tie (the torch one sorts int64).
     distmat = np.array([[2**60 + 1, 2**60]], dtype=np.int64)
-    result = run_evaluate("cpu", distmat, [1], [2, 1], [0], [1, 1])
+    result = run_evaluate(backend, distmat, [1], [2, 1], [0], [1, 1])
     assert result.rank1 == 1.0 and result.mAP == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_zero_ties_with_zero(backend):
+    # -0.0 == 0.0: a tie, ranked by gallery index (the match g2 comes second, after g0 and the removed g1).
+    distmat = np.array([[0.0, 0.0, -0.0, 0.0]], dtype=np.float32)
+    result = run_evaluate(backend, distmat, [5], [1, 5, 5, 2], [0], [1, 0, 1, 1], max_rank=3)
+    np.testing.assert_array_equal(result.cmc, [0, 1, 1])
+    assert result.mAP == 0.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("protocol", ["market1501", "cuhk03"])
+def test_int32_and_int64_labels(backend, label_dtype, protocol):
+    rng = np.random.default_rng(12)
+    distmat, *labels = random_problem(rng, 30, 200, 15, 3)
+    expected = run_evaluate("reference", distmat, *labels, max_rank=20, protocol=protocol, seed=3, num_repeats=3)
+    labels = [torch.from_numpy(a).to(label_dtype) for a in labels]
+    assert_same_result(run_evaluate(backend, distmat, *labels, max_rank=20, protocol=protocol, seed=3, num_repeats=3), expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -228,15 +259,250 @@ def test_cuhk03_equals_reference_for_a_seed(backend, seed):
     expected = evaluate_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, seed=seed, num_repeats=4)
     result = run_evaluate(backend, distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, protocol="cuhk03", seed=seed, num_repeats=4)
     assert_same_result(result, expected)
-    assert result.protocol == "cuhk03"
+    assert result.protocol == "cuhk03" and result.backend == backend
+
+
+def reference_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return evaluate_cuhk03(np.asarray(distmat), q_pids, g_pids, q_camids, g_camids, **kwargs)
+
+
+CUHK03_CASES = {
+    # name: (num_query, num_gallery, num_ids, num_cams, ties, max_rank, num_repeats)
+    "few-images-per-identity": (30, 200, 60, 3, False, 20, 10),  # many identities with 1-5 images
+    "many-images-per-identity": (12, 400, 4, 2, False, 50, 3),  # up to ~100 matches: many pivots
+    "ties": (25, 150, 10, 3, True, 20, 5),
+    "tiny-gallery": (10, 6, 3, 2, False, 50, 4),  # G < max_rank, and fewer identities than G
+    "skipped-queries": (40, 60, 50, 2, False, 10, 2),
+    "one-repeat": (20, 120, 15, 3, False, 20, 1),
+    "one-camera-per-gallery-identity": (20, 100, 10, 1, False, 20, 3),  # every query skipped but...
+}
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("case", list(CUHK03_CASES), ids=list(CUHK03_CASES))
+def test_cuhk03_fast_backends_equal_reference(monkeypatch, case, backend):
+    num_query, num_gallery, num_ids, num_cams, ties, max_rank, num_repeats = CUHK03_CASES[case]
+    rng = np.random.default_rng(100 + list(CUHK03_CASES).index(case))
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, num_query, num_gallery, num_ids, num_cams, ties)
+    if case == "one-camera-per-gallery-identity":
+        q_camids = q_camids + 1  # ...queries come from another camera: every query is valid
+    # Blocks of 3 queries (cpu draws, torch chunks): the draws must continue across blocks in query order.
+    monkeypatch.setattr(evaluation_op, "CUHK03_DRAW_BLOCK_BYTES", 3 * 2 * 8 * num_repeats * np.unique(g_pids).size)
+    small_chunks(monkeypatch, rows=3, num_gallery=num_gallery)
+    for seed in (0, 1, 12345):
+        kwargs = dict(max_rank=max_rank, num_repeats=num_repeats, seed=seed)
+        expected = reference_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs)
+        if case == "skipped-queries":
+            assert expected.num_skipped_queries > 10
+        result = run_evaluate(backend, distmat, q_pids, g_pids, q_camids, g_camids, protocol="cuhk03", **kwargs)
+        assert result.backend == backend and result.protocol == "cuhk03"
+        assert_same_result(result, expected)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    num_query=st.integers(1, 10),
+    num_gallery=st.integers(1, 80),
+    num_ids=st.integers(1, 10),
+    num_cams=st.integers(1, 3),
+    ties=st.booleans(),
+    max_rank=st.integers(1, 30),
+    num_repeats=st.integers(1, 6),
+)
+def test_cuhk03_fast_backends_equal_reference_on_random_problems(
+    backend, seed, num_query, num_gallery, num_ids, num_cams, ties, max_rank, num_repeats
+):
+    args = random_problem(np.random.default_rng(seed), num_query, num_gallery, num_ids, num_cams, ties)
+    kwargs = dict(max_rank=max_rank, num_repeats=num_repeats, seed=seed)
+    try:
+        expected = reference_cuhk03(*args, **kwargs)
+    except ValueError:  # every query skipped: both must refuse
+        with pytest.raises(ValueError, match="all queries have no valid gallery match"):
+            run_evaluate(backend, *args, protocol="cuhk03", **kwargs)
+        return
+    assert_same_result(run_evaluate(backend, *args, protocol="cuhk03", **kwargs), expected)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_cuhk03_dtypes_equal_the_reference(backend):
+    rng = np.random.default_rng(13)
+    distmat, *labels = random_problem(rng, 15, 120, 10, 3)
+    for converted in (torch.from_numpy(distmat).half(), torch.from_numpy(distmat).float(), torch.from_numpy((distmat * 8).astype(np.int32))):
+        as_numpy = converted.float().numpy() if converted.dtype == torch.float16 else converted.numpy()
+        expected = reference_cuhk03(as_numpy, *labels, max_rank=20, num_repeats=3, seed=4)
+        assert_same_result(run_evaluate(backend, converted, *labels, max_rank=20, protocol="cuhk03", num_repeats=3, seed=4), expected)
+
+
+def brute_force_sampled_ranks(distmat, q_pids, g_pids, q_camids, g_camids, offsets):
+    """Per query and repeat, the sampled gallery built literally: the o-th kept image of each identity."""
+    identities = np.unique(g_pids)
+    ranks = np.zeros(offsets.shape[:2], dtype=np.int64)
+    for q in range(distmat.shape[0]):
+        order = np.argsort(distmat[q], kind="stable")
+        kept = [g for g in order if not (g_pids[g] == q_pids[q] and g_camids[g] == q_camids[q])]
+        if not any(g_pids[g] == q_pids[q] for g in kept):
+            continue
+        for r in range(offsets.shape[1]):
+            chosen = [[g for g in kept if g_pids[g] == pid][offsets[q, r, j]] for j, pid in enumerate(identities)
+                      if any(g_pids[g] == pid for g in kept)]
+            sampled = [g for g in kept if g in chosen]  # ranking order
+            ranks[q, r] = 1 + [g_pids[g] for g in sampled].index(q_pids[q])
+    return ranks
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_cuhk03_sampled_ranks_match_a_literal_sampled_gallery(backend):
+    """The per-repeat ranks of both fast passes, for offsets drawn here, against a literal construction."""
+    rng = np.random.default_rng(5)
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 12, 90, 6, 3, ties=True)
+    q_pids[3] = 99  # a skipped query: no draws, rank 0
+    labels = evaluation_op._validate(distmat, q_pids, g_pids, q_camids, g_camids, 20)[1]
+    sampling = evaluation_op._Cuhk03Sampling(labels, num_repeats=4, seed=9)
+    offsets, valid_rows = sampling.draw(0, 12), sampling.valid_rows(0, 12)
+    expected = brute_force_sampled_ranks(distmat, q_pids, g_pids, q_camids, g_camids, offsets)
+    assert (expected[valid_rows] > 1).any() and valid_rows.size < 12  # a meaningful case: skipped rows too
+    if backend == "cpu":
+        ranks = np.empty((12, 4), dtype=np.int64)
+        view = reidfast._native.view
+        reidfast._native._C.evaluate_cuhk03_sampled_ranks_cpu(
+            *(view(t) for t in (torch.from_numpy(distmat), labels.q_pids, labels.g_pids, labels.q_camids, labels.g_camids,
+                                sampling.identity, torch.from_numpy(offsets), torch.from_numpy(ranks))))
+    else:
+        sampling = evaluation_op._Cuhk03Sampling(labels, num_repeats=4, seed=9)  # the same draws again
+        num_matches, _, _, match_gallery_index = evaluation_op._match_positions_torch(
+            torch.from_numpy(distmat), labels.q_pids, labels.g_pids, labels.q_camids, labels.g_camids)
+        ranks = np.zeros((12, 4), dtype=np.int64)
+        ranks[valid_rows] = evaluation_op._cuhk03_sampled_ranks_torch(
+            torch.from_numpy(distmat), sampling, 0, 12, num_matches, match_gallery_index, sampling.identity)
+    np.testing.assert_array_equal(ranks, expected)
 
 
 @pytest.mark.skipif(not NATIVE, reason="native module not built")
-def test_cpu_backend_is_the_default_on_host_and_cuda_inputs():
-    name, _ = evaluation_op.EVALUATE.select(torch.device("cpu"))
-    assert name == "cpu"
+def test_native_cuhk03_pass_rejects_an_offset_past_the_matches():
+    distmat = torch.zeros((1, 3), dtype=torch.float64)
+    pids, camids = torch.tensor([1]), torch.tensor([0])
+    g_pids, g_camids, identity = torch.tensor([1, 2, 1]), torch.tensor([1, 1, 1]), torch.tensor([0, 1, 0])
+    offsets = torch.tensor([[[2, 0]]])  # pid 1 has 2 matches: offset 2 is out of range
+    view = reidfast._native.view
+    with pytest.raises(ValueError, match="offsets: query 0 samples a match index outside"):
+        reidfast._native._C.evaluate_cuhk03_sampled_ranks_cpu(
+            *(view(t) for t in (distmat, pids, g_pids, camids, g_camids, identity, offsets, torch.empty((1, 1), dtype=torch.int64))))
+
+
+@pytest.mark.skipif(not NATIVE, reason="native module not built")
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64])
+def test_native_draws_reproduce_numpy(bit_generator):
+    # The self-check that enables the native draws passes with this numpy, so the fast path is what runs.
+    assert evaluation_op._native_draws_match_numpy(bit_generator)
+    images_per_identity = np.array([3, 1, 8, 2**31 + 5, 40], dtype=np.int64)
+    own_identity, num_matches = np.array([2, 0, 4, 1], dtype=np.int64), np.array([5, 0, 1, 2], dtype=np.int64)
+    native_rng, numpy_rng = np.random.Generator(bit_generator(3)), np.random.Generator(bit_generator(3))
+    offsets = np.full((4, 50, 5), -1, dtype=np.int64)
+    evaluation_op._native_draw(native_rng, images_per_identity, own_identity, num_matches, offsets)
+    for q in range(4):
+        if num_matches[q] == 0:
+            assert (offsets[q] == -1).all()  # a skipped query: untouched, no draws
+            continue
+        bounds = images_per_identity.copy()
+        bounds[own_identity[q]] = num_matches[q]
+        np.testing.assert_array_equal(offsets[q], numpy_rng.integers(0, bounds, size=(50, 5)))
+    assert native_rng.random() == numpy_rng.random()  # the same bits consumed
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_cuhk03_with_numpy_draws_equals_reference(monkeypatch, backend):
+    """The fallback when the native draws are unavailable: one Generator.integers call per block."""
+    monkeypatch.setattr(evaluation_op, "_native_draws_match_numpy", lambda bit_generator_type: False)
+    monkeypatch.setattr(evaluation_op, "CUHK03_DRAW_BLOCK_BYTES", 4 * 2 * 8 * 5 * 20)  # 4 queries per block
+    small_chunks(monkeypatch, rows=4, num_gallery=150)
+    rng = np.random.default_rng(31)
+    args = random_problem(rng, 30, 150, 20, 3)
+    for seed in (0, 5):
+        expected = reference_cuhk03(*args, max_rank=20, num_repeats=5, seed=seed)
+        assert_same_result(run_evaluate(backend, *args, max_rank=20, protocol="cuhk03", num_repeats=5, seed=seed), expected)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_cuhk03_consumes_a_given_generator_as_the_reference_does(backend):
+    args = random_problem(np.random.default_rng(32), 20, 100, 12, 3)
+    ours, theirs = np.random.default_rng(8), np.random.default_rng(8)
+    result = run_evaluate(backend, *args, max_rank=20, protocol="cuhk03", num_repeats=3, seed=ours)
+    assert_same_result(result, reference_cuhk03(*args, max_rank=20, num_repeats=3, seed=theirs))
+    assert ours.random() == theirs.random()
+
+
+def test_cuhk03_draws_must_follow_the_query_order():
+    labels = evaluation_op._validate(np.zeros((4, 3)), [1, 2, 1, 2], [1, 2, 2], [0, 0, 0, 0], [1, 1, 1], 3)[1]
+    sampling = evaluation_op._Cuhk03Sampling(labels, num_repeats=2, seed=0)
+    sampling.draw(0, 2)
+    with pytest.raises(RuntimeError, match="expected query 2, got 3"):
+        sampling.draw(3, 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# numpy's pairwise summation of sparse vectors (the torch backend's AP), against np.sum itself.
+# ---------------------------------------------------------------------------------------------------
+def dense_sums(positions_per_vector, values_per_vector, lengths):
+    sums = []
+    for positions, values, length in zip(positions_per_vector, values_per_vector, lengths):
+        dense = np.zeros(length)
+        dense[positions] = values
+        sums.append(dense.sum())
+    return np.array(sums)
+
+
+def sparse_sums(positions_per_vector, values_per_vector, lengths):
+    segment = np.repeat(np.arange(len(lengths)), [len(p) for p in positions_per_vector])
+    position = np.concatenate([np.asarray(p, dtype=np.int64) for p in positions_per_vector] + [np.zeros(0, np.int64)])
+    value = np.concatenate([np.asarray(v, dtype=np.float64) for v in values_per_vector] + [np.zeros(0)])
+    return evaluation_op._numpy_sum_of_sparse(segment, position, value, np.asarray(lengths, dtype=np.int64))
+
+
+def test_sparse_pairwise_sum_is_numpys_sum_around_block_boundaries():
+    rng = np.random.default_rng(0)
+    lengths = [1, 7, 8, 9, 15, 16, 127, 128, 129, 136, 255, 256, 257, 1000, 1031, 4096, 20011, 131072, 250001]
+    positions, values = [], []
+    for length in lengths:
+        count = int(rng.integers(1, min(length, 400) + 1))
+        positions.append(np.sort(rng.choice(length, count, replace=False)))
+        values.append(rng.random(count) * 10.0 ** rng.integers(-8, 8, count))  # wide range: rounding visible
+    expected = dense_sums(positions, values, lengths)
+    np.testing.assert_array_equal(sparse_sums(positions, values, lengths), expected)
+    # All vectors at once equal each one alone, and an empty vector sums to 0.
+    np.testing.assert_array_equal(sparse_sums(positions + [[]], values + [[]], lengths + [50]), np.r_[expected, 0.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), num_vectors=st.integers(1, 5))
+def test_sparse_pairwise_sum_is_numpys_sum_on_random_vectors(data, num_vectors):
+    lengths, positions, values = [], [], []
+    for _ in range(num_vectors):
+        length = data.draw(st.integers(1, 3000))
+        chosen = data.draw(st.sets(st.integers(0, length - 1), min_size=1, max_size=min(length, 200)))
+        lengths.append(length)
+        positions.append(sorted(chosen))
+        values.append(data.draw(st.lists(st.floats(1e-9, 1e9), min_size=len(chosen), max_size=len(chosen))))
+    np.testing.assert_array_equal(sparse_sums(positions, values, lengths), dense_sums(positions, values, lengths))
+
+
+def test_default_backend_by_device(monkeypatch):
     distmat = np.random.default_rng(0).random((3, 4))
-    assert reidfast.evaluate(distmat, [1, 2, 3], [1, 2, 3, 1], [0, 0, 0], [1, 1, 1, 1], max_rank=4).backend == "cpu"
+    args = (distmat, [1, 2, 3], [1, 2, 3, 1], [0, 0, 0], [1, 1, 1, 1])
+    assert reidfast.evaluate(*args, max_rank=4).backend == ("cpu" if NATIVE else "reference")
+    # Without the native module host inputs go to the reference (faster than the torch backend's row sorts).
+    monkeypatch.setattr(_dispatch, "_cpu_info", lambda: _dispatch.BackendInfo("cpu", False, "simulated: not built"))
+    assert reidfast.evaluate(*args, max_rank=4).backend == "reference"
+    with reidfast.use_backend("torch"):
+        assert reidfast.evaluate(*args, max_rank=4).backend == "torch"
+    monkeypatch.undo()
+    if torch.cuda.is_available():  # CUDA inputs stay on the GPU: the torch backend
+        assert evaluation_op.EVALUATE.select(torch.device("cuda"))[0] == "torch"
+        result = reidfast.evaluate(torch.from_numpy(distmat).cuda(), [1, 2, 3], [1, 2, 3, 1], [0, 0, 0], [1, 1, 1, 1], max_rank=4)
+        assert result.backend == "torch"
 
 
 def test_forcing_a_backend_without_an_evaluate_implementation_says_so():
