@@ -1,8 +1,10 @@
 """Backend discovery and selection: one public op, several implementations.
 
 Order of preference by input device (documented in README):
-    cuda tensors: cuda -> triton -> reference
-    cpu tensors:  cpu -> reference       (triton only when forced and TRITON_INTERPRET=1)
+    cuda tensors: cuda -> triton -> torch -> reference
+    cpu tensors:  cpu -> torch -> reference       (triton only when forced and TRITON_INTERPRET=1)
+"torch" is an op composed of torch operations that runs on the input's device (today re_ranking and
+evaluate have one); it calls other reidfast ops on their own default backends.
 `REIDFAST_BACKEND=<name>` or `with reidfast.use_backend(<name>):` forces one; forcing one that is not usable
 raises BackendUnavailableError saying why and how to get it.
 """
@@ -19,8 +21,8 @@ import torch
 
 from . import _native
 
-BACKEND_NAMES = ("cuda", "triton", "cpu", "reference")
-_DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+BACKEND_NAMES = ("cuda", "triton", "cpu", "torch", "reference")
+_DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch", "reference"), "cpu": ("cpu", "torch", "reference")}
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("reidfast_backend", default=None)
 
 
@@ -111,13 +113,25 @@ def _cpu_info() -> BackendInfo:
     build = _native.build_info()
     threads = build.get("openmp_max_threads")
     openmp = f"OpenMP, {threads} threads" if build.get("openmp") else "no OpenMP: one thread"
-    return BackendInfo("cpu", True, f"C++ kernels ({build.get('compiler')}, {openmp})", ("cpu",), build)
+    simd = list(_native._C.cpu_gemm_kernels()) if hasattr(_native._C, "cpu_gemm_kernels") else []
+    kernels = f"fused distance kernels: {', '.join(simd)}" if simd else "distances: BLAS + native epilogue"
+    return BackendInfo("cpu", True, f"C++ kernels ({build.get('compiler')}, {openmp}; {kernels})", ("cpu",),
+                       {**build, "fused_cpu_kernels": simd})
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_info() -> BackendInfo:
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    return BackendInfo(
+        "torch", True, f"torch {torch.__version__} ops on the input's device (ops that have one: re_ranking, evaluate)", devices
+    )
 
 
 def backends() -> BackendReport:
-    """What is built and usable: {"cuda", "triton", "cpu", "reference"} -> BackendInfo (available, reason)."""
+    """What is built and usable: {"cuda", "triton", "cpu", "torch", "reference"} -> BackendInfo."""
     reference = BackendInfo("reference", True, "plain torch/numpy, always available", ("cpu", "cuda"))
-    return BackendReport((info.name, info) for info in (_cuda_info(), _triton_info(), _cpu_info(), reference))
+    infos = (_cuda_info(), _triton_info(), _cpu_info(), _torch_info(), reference)
+    return BackendReport((info.name, info) for info in infos)
 
 
 def _check_name(name: str, origin: str, allow_auto: bool = False) -> str:

@@ -15,7 +15,7 @@ from reidfast import _dispatch
 
 def test_report_lists_every_backend_with_a_reason():
     report = reidfast.backends()
-    assert list(report) == ["cuda", "triton", "cpu", "reference"]
+    assert list(report) == ["cuda", "triton", "cpu", "torch", "reference"]
     for name, info in report.items():
         assert info.name == name
         assert info.reason

@@ -1,4 +1,6 @@
-"""k-reciprocal re-ranking: the native backend against reidfast.reference.rerank (the published algorithm)."""
+"""k-reciprocal re-ranking: every fast backend (native "cpu", device-resident "torch") against
+reidfast.reference.rerank (the published algorithm). The "torch" backend is forced onto CPU tensors here; on a
+machine with CUDA it also runs on CUDA tensors (and cupy arrays when cupy is installed)."""
 from __future__ import annotations
 
 import re
@@ -6,6 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reidfast
 from reidfast import _native
@@ -15,6 +19,7 @@ from reidfast.reference.distance import pairwise_distance as ref_pairwise
 
 ATOL = 1e-5
 needs_native = pytest.mark.skipif(not reidfast.backends()["cpu"].available, reason="native module not built")
+FAST_BACKENDS = [name for name in ("cpu", "torch") if reidfast.backends()[name].available]
 
 
 def clustered(rng: np.random.Generator, n: int, dim: int = 16, clusters: int = 6) -> np.ndarray:
@@ -27,9 +32,14 @@ def distances(query: np.ndarray, gallery: np.ndarray, metric: str = "euclidean")
     return tuple(ref_pairwise(a, b, metric).numpy() for a, b in ((q, g), (q, q), (g, g)))
 
 
-def native(function, *args, **kwargs):
-    with reidfast.use_backend("cpu"):
+def run(backend, function, *args, **kwargs):
+    with reidfast.use_backend(backend):
         return function(*args, **kwargs)
+
+
+@pytest.fixture(params=FAST_BACKENDS)
+def backend(request):
+    return request.param
 
 
 SIZES = [(1, 5), (4, 9), (30, 70), (120, 260)]
@@ -44,66 +54,61 @@ def problem(request):
     return query, gallery, distances(query, gallery)
 
 
-@needs_native
 @pytest.mark.parametrize("k1,k2", PARAMS)
-def test_distances_path_matches_reference(problem, k1, k2):
+def test_distances_path_matches_reference(problem, k1, k2, backend):
     query, gallery, (q_g, q_q, g_g) = problem
     if k1 >= len(query) + len(gallery):
         pytest.skip("k1 must be < Q + G")
     for lambda_value in (0.0, 0.3, 1.0):
         expected = ref.re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
-        got = native(reidfast.re_ranking_distances, q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+        got = run(backend, reidfast.re_ranking_distances, q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
         assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
-@needs_native
 @pytest.mark.parametrize("k1,k2", PARAMS)
-def test_features_path_matches_reference(problem, k1, k2):
+def test_features_path_matches_reference(problem, k1, k2, backend):
     query, gallery, _ = problem
     if k1 >= len(query) + len(gallery):
         pytest.skip("k1 must be < Q + G")
     expected = ref.re_ranking_features(query, gallery, k1=k1, k2=k2, lambda_value=0.3)
-    got = native(reidfast.re_ranking, query, gallery, k1=k1, k2=k2, lambda_value=0.3, chunk_size=17)
+    got = run(backend, reidfast.re_ranking, query, gallery, k1=k1, k2=k2, lambda_value=0.3, chunk_size=17)
     np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
-@needs_native
-def test_jaccard_part_is_exercised(problem):
+def test_jaccard_part_is_exercised(problem, backend):
     """lambda = 1 is the normalised distance alone; lambda = 0 must differ from it (else the test is moot)."""
     _, _, (q_g, q_q, g_g) = problem
-    only_distance = native(reidfast.re_ranking_distances, q_g, q_q, g_g, k1=5, k2=1, lambda_value=1.0)
-    only_jaccard = native(reidfast.re_ranking_distances, q_g, q_q, g_g, k1=5, k2=1, lambda_value=0.0)
+    only_distance = run(backend, reidfast.re_ranking_distances, q_g, q_q, g_g, k1=5, k2=1, lambda_value=1.0)
+    only_jaccard = run(backend, reidfast.re_ranking_distances, q_g, q_q, g_g, k1=5, k2=1, lambda_value=0.0)
     assert not np.allclose(only_distance, only_jaccard, atol=1e-3)
     assert np.all(only_jaccard >= -1e-6) and np.all(only_jaccard <= 1 + 1e-6)
 
 
-@needs_native
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("chunk_size", [None, 1, 7, 1000])
-def test_features_metric_and_chunking(metric, chunk_size):
+def test_features_metric_and_chunking(metric, chunk_size, backend):
     rng = np.random.default_rng(7)
     query, gallery = clustered(rng, 25, dim=32), clustered(rng, 80, dim=32)
     expected = ref.re_ranking_features(query, gallery, k1=20, k2=6, lambda_value=0.3, metric=metric)
-    got = native(reidfast.re_ranking, query, gallery, metric=metric, chunk_size=chunk_size)
+    got = run(backend, reidfast.re_ranking, query, gallery, metric=metric, chunk_size=chunk_size)
     np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
-@needs_native
 @pytest.mark.parametrize("k1,k2", [(1, 1), (2, 1), (5, 1), (20, 6), (21, 6)])
-def test_query_equals_gallery(k1, k2):
+def test_query_equals_gallery(k1, k2, backend):
     rng = np.random.default_rng(3)
     x = clustered(rng, 50)
     d = distances(x, x)[0]  # every item has an exact duplicate: distance ties broken by index
     expected = ref.re_ranking(d, d, d, k1=k1, k2=k2)
-    np.testing.assert_allclose(native(reidfast.re_ranking_distances, d, d, d, k1=k1, k2=k2), expected, atol=ATOL, rtol=0)
+    got = run(backend, reidfast.re_ranking_distances, d, d, d, k1=k1, k2=k2)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
     expected_f = ref.re_ranking_features(x, x, k1=k1, k2=k2)
-    np.testing.assert_allclose(native(reidfast.re_ranking, x, x, k1=k1, k2=k2), expected_f, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(run(backend, reidfast.re_ranking, x, x, k1=k1, k2=k2), expected_f, atol=ATOL, rtol=0)
 
 
-@needs_native
 @pytest.mark.parametrize("k1,k2", [(1, 1), (5, 1), (20, 6), (21, 6)])
-def test_tie_heavy_asymmetric_and_mixed_dtypes(k1, k2):
+def test_tie_heavy_asymmetric_and_mixed_dtypes(k1, k2, backend):
     rng = np.random.default_rng(11)
     query, gallery = clustered(rng, 20), clustered(rng, 60)
     q_g, q_q, g_g = distances(query, gallery)
@@ -114,17 +119,17 @@ def test_tie_heavy_asymmetric_and_mixed_dtypes(k1, k2):
     zeros = (np.zeros_like(q_g), q_q, g_g)  # zero columns: divided by 1, not NaN
     for args in (asym, ints, mixed, halves, zeros):
         expected = ref.re_ranking(*args, k1=k1, k2=k2, lambda_value=0.3)
-        got = native(reidfast.re_ranking_distances, *args, k1=k1, k2=k2, lambda_value=0.3, chunk_size=9)
+        got = run(backend, reidfast.re_ranking_distances, *args, k1=k1, k2=k2, lambda_value=0.3, chunk_size=9)
         np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
 
 
-@needs_native
-def test_float32_results_are_near_bit_identical():
-    """Same float32 arithmetic and summation order: agreement to a few ulps, not merely 1e-5."""
+def test_float32_results_are_near_bit_identical(backend):
+    """The same float32 arithmetic (cpu: also the same summation order; torch: weight sums in torch's order):
+    agreement to a few ulps, not merely 1e-5."""
     rng = np.random.default_rng(5)
     q_g, q_q, g_g = distances(clustered(rng, 40), clustered(rng, 150))
     expected = ref.re_ranking(q_g, q_q, g_g)
-    got = native(reidfast.re_ranking_distances, q_g, q_q, g_g)
+    got = run(backend, reidfast.re_ranking_distances, q_g, q_q, g_g)
     assert np.abs(got - expected).max() <= 1e-6
 
 
@@ -140,7 +145,7 @@ def test_torch_in_torch_out_and_backends():
     query, gallery = clustered(rng, 10), clustered(rng, 30)
     q_g, q_q, g_g = distances(query, gallery)
     expected = ref.re_ranking(q_g, q_q, g_g, k1=5, k2=2)
-    for backend in ("reference",) + (("cpu",) if reidfast.backends()["cpu"].available else ()):
+    for backend in ["reference"] + FAST_BACKENDS:
         with reidfast.use_backend(backend):
             out = reidfast.re_ranking_distances(*(torch.from_numpy(a) for a in (q_g, q_q, g_g)), k1=5, k2=2)
             assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (10, 30)
@@ -150,14 +155,13 @@ def test_torch_in_torch_out_and_backends():
             np.testing.assert_allclose(out_f.numpy(), ref.re_ranking_features(query, gallery, k1=5, k2=2), atol=ATOL)
             out_np = reidfast.re_ranking(query, gallery, k1=5, k2=2)
             assert isinstance(out_np, np.ndarray)
-    assert set(ops_rerank.RE_RANKING.implementations) == {"cpu", "reference"}
+    assert set(ops_rerank.RE_RANKING.implementations) == {"cpu", "torch", "reference"}
 
 
-@needs_native
-def test_progress_bar_runs(capsys):
+def test_progress_bar_runs(capsys, backend):
     rng = np.random.default_rng(4)
     query, gallery = clustered(rng, 5), clustered(rng, 20)
-    got = native(reidfast.re_ranking, query, gallery, k1=4, k2=2, progress=True, chunk_size=3)
+    got = run(backend, reidfast.re_ranking, query, gallery, k1=4, k2=2, progress=True, chunk_size=3)
     np.testing.assert_allclose(got, ref.re_ranking_features(query, gallery, k1=4, k2=2), atol=ATOL, rtol=0)
 
 
@@ -195,7 +199,7 @@ def _distance_error_cases():
 
 
 @pytest.mark.parametrize("case", list(_distance_error_cases()))
-@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "torch"])
 def test_distance_validation_messages_match_reference(case, backend):
     args, kwargs = _distance_error_cases()[case]
     message = _reference_message(ref.re_ranking, *args, **kwargs)
@@ -220,15 +224,109 @@ def _feature_error_cases():
 
 
 @pytest.mark.parametrize("case", list(_feature_error_cases()))
-def test_feature_validation_messages_match_reference(case):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_feature_validation_messages_match_reference(case, backend):
     args, kwargs = _feature_error_cases()[case]
     message = _reference_message(ref.re_ranking_features, *args, **kwargs)
-    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+    with reidfast.use_backend(backend), pytest.raises(ValueError, match=re.escape(message) + "$"):
         reidfast.re_ranking(*args, **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_torch_tensor_validation_messages(backend):
+    """Tensors are checked where they live (no host copy on the torch backend): same messages."""
+    q_g, q_q, g_g = torch.ones(2, 3), torch.ones(2, 2), torch.ones(3, 3)
+    cases = [
+        ((q_g.to(torch.complex64), q_q, g_g), "q_g_dist must hold real numbers, got dtype complex64"),
+        ((q_g, q_q.bool(), g_g), "q_q_dist must hold real numbers, got dtype bool"),
+        ((q_g, q_q, torch.ones(3)), "g_g_dist must be a 2-D distance matrix, got shape (3,)"),
+        ((q_g, q_q, g_g.index_fill(0, torch.tensor([1]), float("nan"))), "g_g_dist contains NaN or Inf"),
+    ]
+    for args, message in cases:
+        with reidfast.use_backend(backend), pytest.raises(ValueError, match=re.escape(message)):
+            reidfast.re_ranking_distances(*args, k1=2, k2=1)
+    inf = torch.ones(3, 4)
+    inf[1, 2] = float("inf")
+    with reidfast.use_backend(backend), pytest.raises(ValueError, match="gallery_features contains NaN or Inf"):
+        reidfast.re_ranking(torch.ones(2, 4), inf, k1=2, k2=1)
+
+
 @pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
-def test_chunk_size_validation(chunk_size):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_chunk_size_validation(chunk_size, backend):
     q, g = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32)
-    with pytest.raises(ValueError, match="chunk_size"):
+    with reidfast.use_backend(backend), pytest.raises(ValueError, match="chunk_size"):
         reidfast.re_ranking(q, g, k1=2, k2=1, chunk_size=chunk_size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_query=st.integers(1, 12),
+    num_gallery=st.integers(1, 30),
+    levels=st.integers(2, 6),
+    k1=st.integers(1, 25),
+    k2=st.integers(1, 8),
+    lambda_value=st.sampled_from([0.0, 0.3, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_tie_heavy_random_distances_match_reference(num_query, num_gallery, levels, k1, k2, lambda_value, seed):
+    """Distances on a few integer levels (most rows full of exact ties, asymmetric q_q/g_g): every fast backend
+    breaks ties by item index as the reference does, so the neighbour sets and the results agree."""
+    num_all = num_query + num_gallery
+    k1 = min(k1, num_all - 1)
+    if k1 < 1:
+        return
+    k2 = min(k2, k1)
+    rng = np.random.default_rng(seed)
+    q_g, q_q, g_g = (rng.integers(0, levels, size=s).astype(np.float32)
+                     for s in ((num_query, num_gallery), (num_query, num_query), (num_gallery, num_gallery)))
+    expected = ref.re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+    for backend in FAST_BACKENDS:
+        got = run(backend, reidfast.re_ranking_distances, q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL, err_msg=backend)
+
+
+def test_torch_backend_is_the_default_for_cuda_inputs(monkeypatch):
+    """Dispatch: CUDA inputs go to the device-resident torch backend (no cuda/triton re-ranking kernels);
+    CPU inputs keep the native backend when it is built, else torch before the O(N^2) reference."""
+    from reidfast import _dispatch
+
+    report = _dispatch.backends()
+    gpu_report = _dispatch.BackendReport(report)
+    gpu_report["torch"] = _dispatch.BackendInfo("torch", True, "simulated CUDA device", ("cpu", "cuda"))
+    monkeypatch.setattr(_dispatch, "backends", lambda: gpu_report)
+    assert ops_rerank.RE_RANKING.select(torch.device("cuda", 0))[0] == "torch"
+    expected_cpu = "cpu" if report["cpu"].available else "torch"
+    assert ops_rerank.RE_RANKING.select(torch.device("cpu"))[0] == expected_cpu
+    monkeypatch.undo()
+    info = reidfast.backends()["torch"]
+    assert info.available and "cpu" in info.devices
+    assert ("cuda" in info.devices) == torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("k1,k2", [(1, 1), (5, 1), (20, 6)])
+def test_cuda_tensors_stay_on_the_device(k1, k2):
+    rng = np.random.default_rng(9)
+    query, gallery = clustered(rng, 60), clustered(rng, 200)
+    q_g, q_q, g_g = distances(query, gallery)
+    expected = ref.re_ranking(q_g, q_q, g_g, k1=k1, k2=k2)
+    cuda = [torch.from_numpy(a).cuda() for a in (q_g, q_q, g_g)]
+    out = reidfast.re_ranking_distances(*cuda, k1=k1, k2=k2)
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    np.testing.assert_allclose(out.cpu().numpy(), expected, rtol=0, atol=ATOL)
+    out_f = reidfast.re_ranking(torch.from_numpy(query).cuda(), torch.from_numpy(gallery).cuda(), k1=k1, k2=k2)
+    assert out_f.device.type == "cuda"
+    np.testing.assert_allclose(out_f.cpu().numpy(), ref.re_ranking_features(query, gallery, k1=k1, k2=k2), atol=ATOL)
+    with pytest.raises(ValueError, match="same device"):
+        reidfast.re_ranking_distances(cuda[0], torch.from_numpy(q_q), cuda[2], k1=k1, k2=k2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cupy_in_cupy_out():
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(10)
+    query, gallery = clustered(rng, 20), clustered(rng, 50)
+    out = reidfast.re_ranking(cupy.asarray(query), cupy.asarray(gallery), k1=5, k2=2)
+    assert isinstance(out, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(out), ref.re_ranking_features(query, gallery, k1=5, k2=2), atol=ATOL)
