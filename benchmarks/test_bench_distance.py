@@ -4,9 +4,12 @@
     python benchmarks/report.py bench.json
 
 Sizes: REIDFAST_BENCH_SIZES="N,M,D;N,M,D" (default: a CPU-sized sweep, or the GPU sweep on CUDA).
+On the CPU, "cpu" is the backend's default product path (the fused SIMD micro-kernel where the CPU has one)
+and "cpu[blas]" the same backend forced onto its BLAS path (REIDFAST_CPU_GEMM=blas: torch.mm + epilogue).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -14,6 +17,33 @@ import torch
 
 import reidfast
 from conftest import DEVICES, fast_backends
+from reidfast.ops.distance import CPU_GEMM_ENV, fused_cpu_kernels
+
+CPU_BLAS = "cpu[blas]"
+
+
+def _with_cpu_blas(providers: list[str]) -> list[str]:
+    """Adds the CPU backend's BLAS path as its own provider where the default is a fused kernel."""
+    return providers + [CPU_BLAS] if "cpu" in providers and fused_cpu_kernels() else providers
+
+
+@contextlib.contextmanager
+def use_provider(provider: str):
+    """use_backend(provider), with "cpu[blas]" = the cpu backend on its BLAS product path."""
+    if provider != CPU_BLAS:
+        with reidfast.use_backend(provider):
+            yield
+        return
+    previous = os.environ.get(CPU_GEMM_ENV)
+    os.environ[CPU_GEMM_ENV] = "blas"
+    try:
+        with reidfast.use_backend("cpu"):
+            yield
+    finally:
+        if previous is None:
+            del os.environ[CPU_GEMM_ENV]
+        else:
+            os.environ[CPU_GEMM_ENV] = previous
 
 DEFAULT_SIZES = {"cpu": "2048,2048,256;4096,4096,256;2048,2048,2048", "cuda": "8192,8192,2048;16384,16384,2048"}
 
@@ -25,7 +55,7 @@ def _sizes(device: str) -> list[tuple[int, int, int]]:
 
 def _cases():
     for device in DEVICES:
-        providers = fast_backends(device) + ["reference", "torch.cdist", "matmul"]
+        providers = _with_cpu_blas(fast_backends(device)) + ["reference", "torch.cdist", "matmul"]
         if device == "cpu" and "triton" in providers:
             providers.remove("triton")  # the interpreter is a correctness tool, not a fast path
         for size in _sizes(device):
@@ -46,7 +76,7 @@ def test_pairwise_distance(run_benchmark, device, size, dtype, provider):
         function = lambda: x @ y.T  # noqa: E731
     else:
         def function():
-            with reidfast.use_backend(provider):
+            with use_provider(provider):
                 return reidfast.pairwise_distance(x, y, metric="euclidean")
     run_benchmark("pairwise_distance[euclidean]", provider, device, f"{n}x{m}x{dim} {str(dtype)[6:]}", function)
 
@@ -68,7 +98,7 @@ def _topk_cases():
     except ImportError:
         has_faiss = False
     for device in DEVICES:
-        providers = [p for p in fast_backends(device) if not (device == "cpu" and p == "triton")]
+        providers = _with_cpu_blas([p for p in fast_backends(device) if not (device == "cpu" and p == "triton")])
         providers += ["reference", "cdist+topk", "matmul"] + (["faiss.IndexFlatL2"] if has_faiss and device == "cpu" else [])
         for size in _topk_sizes(device):
             for provider in providers:
@@ -95,6 +125,6 @@ def test_topk_distance(run_benchmark, device, size, provider):
         function = lambda: index.search(queries, TOPK_K)  # noqa: E731
     else:
         def function():
-            with reidfast.use_backend(provider):
+            with use_provider(provider):
                 return reidfast.topk_distance(x, y, k=TOPK_K)
     run_benchmark(f"topk_distance[k={TOPK_K}]", provider, device, f"{n}x{m}x{dim}", function)

@@ -44,12 +44,16 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
   const int64_t rows = gram.size(0), cols = gram.size(1), stride = gram.stride(0), k = values.size(1);
   const T* x_norms = x_sq_norms.ptr<T>();
   const T* y_norms = y_sq_norms.ptr<T>();
-  // Ordered by (distance, column): equal distances list the smaller column first.
+  // Ordered by (distance, column) with NaN after every number, as the reference's stable sort: equal
+  // distances (and NaNs) list the smaller column first.
   struct Entry {
     T value;
     int64_t column;
     T prekey;
     bool operator<(const Entry& other) const {
+      if (std::isnan(value) || std::isnan(other.value)) {
+        return std::isnan(value) != std::isnan(other.value) ? std::isnan(other.value) : column < other.column;
+      }
       return value < other.value || (value == other.value && column < other.column);
     }
   };
@@ -67,7 +71,9 @@ void topk_typed(const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayV
         if (exclude_self && j == self) continue;
         const T prekey = epilogue.prekey(row[j], y_norms[j], j == self);
         const bool full = static_cast<int64_t>(heap.size()) == k;
-        if (full && !(prekey < heap.front().prekey)) continue;  // j comes after every kept column
+        // j comes after every kept column, so it needs a strictly smaller prekey (a number beats NaN).
+        const T top = full ? heap.front().prekey : T(0);
+        if (full && !(prekey < top || (std::isnan(top) && !std::isnan(prekey)))) continue;
         const Entry entry{epilogue.finish(prekey), j, prekey};
         if (!full) {
           heap.push_back(entry);

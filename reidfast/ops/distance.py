@@ -1,16 +1,23 @@
 """Pairwise distance: argument checks, array conversion, backend dispatch and autograd."""
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
 
 from .. import _native
 from .._arrays import as_tensor, check_finite, check_same_device, to_caller
-from .._dispatch import Op
+from .._dispatch import BackendUnavailableError, Op
 from ..reference import distance as reference
 
 PAIRWISE_DISTANCE = Op("pairwise_distance")
+
+# The CPU backend's matrix product: a fused SIMD micro-kernel (csrc/cpu/gemm_kernels.h) or BLAS + epilogue.
+CPU_GEMM_ENV = "REIDFAST_CPU_GEMM"
+CPU_GEMM_CHOICES = ("auto", "avx512", "avx2", "blas")
+_GEMM_KERNEL_CODES = {"avx2": 1, "avx512": 2}  # csrc/cpu/gemm_kernels.h: GemmKernel
 
 
 def _output_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -20,6 +27,39 @@ def _output_dtype(dtype: torch.dtype) -> torch.dtype:
 def _unit_inner_stride(t: torch.Tensor) -> torch.Tensor:
     """The kernels read rows with any stride but features contiguously."""
     return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def fused_cpu_kernels() -> tuple[str, ...]:
+    """The fused SIMD micro-kernels the native module has and this CPU runs, widest first ("avx512", "avx2")."""
+    module = _native._C
+    return tuple(module.cpu_gemm_kernels()) if module is not None and hasattr(module, "cpu_gemm_kernels") else ()
+
+
+def cpu_gemm_kernel(dtype: torch.dtype) -> int | None:
+    """The fused micro-kernel the CPU backend runs for inputs of `dtype`, or None for the BLAS path.
+
+    Set by REIDFAST_CPU_GEMM: "auto" (default: the widest fused kernel this CPU runs, BLAS where there is
+    none), "avx512", "avx2" or "blas" (torch.mm on row blocks + the native epilogue). float64 always takes
+    the BLAS path: the micro-kernels compute in float32. Measured on a 2-core Zen 5, the AVX-512 kernel was
+    1.7-3x faster than the BLAS path at every size from 300 x 300 x 2048 to 16384 x 16384 x 256 (AVX2:
+    1.1-1.7x) and no slower at 64 x 64 x 128, so "auto" never picks BLAS when it has a choice.
+    """
+    requested = os.environ.get(CPU_GEMM_ENV, "auto").strip().lower() or "auto"
+    if requested not in CPU_GEMM_CHOICES:
+        raise ValueError(f"{CPU_GEMM_ENV}: expected one of {', '.join(CPU_GEMM_CHOICES)}, got {requested!r}")
+    if requested == "blas" or dtype == torch.float64:
+        return None
+    available = fused_cpu_kernels()
+    if requested == "auto":
+        return _GEMM_KERNEL_CODES[available[0]] if available else None
+    if requested not in available:
+        have = ", ".join(available) or "none"
+        raise BackendUnavailableError(
+            f"{CPU_GEMM_ENV}={requested}: this machine cannot run that micro-kernel (fused kernels here: {have}); "
+            f"unset {CPU_GEMM_ENV} or set it to auto or blas"
+        )
+    return _GEMM_KERNEL_CODES[requested]
 
 
 @PAIRWISE_DISTANCE.register("reference")
@@ -40,8 +80,18 @@ def same_rows(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 @PAIRWISE_DISTANCE.register("cpu")
 def _pairwise_distance_cpu(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    """BLAS GEMM on row blocks (torch.mm), then the native epilogue turns each block into distances in place."""
+    """The fused SIMD kernel (cpu_gemm_kernel), else BLAS GEMM on row blocks (torch.mm) with the native
+    epilogue turning each block into distances in place."""
     same_input = same_rows(x, y)
+    kernel = cpu_gemm_kernel(x.dtype)
+    if kernel is not None:
+        x = _unit_inner_stride(x)
+        y = x if same_input else _unit_inner_stride(y)
+        out = torch.empty((x.shape[0], y.shape[0]), dtype=torch.float32)
+        _native._C.fused_pairwise_distance_cpu(
+            _native.view(x), _native.view(y), _native.METRIC_CODES[metric], same_input, _native.view(out), kernel
+        )
+        return out
     dtype = _output_dtype(x.dtype)
     x = x.to(dtype)
     y = x if same_input else y.to(dtype)

@@ -10,7 +10,7 @@ from .. import _native
 from .._arrays import to_caller
 from .._dispatch import Op
 from ..reference import distance as reference
-from .distance import _output_dtype, _unit_inner_stride, prepare_pair, row_block_size, same_rows
+from .distance import _output_dtype, _unit_inner_stride, cpu_gemm_kernel, prepare_pair, row_block_size, same_rows
 
 TOPK_DISTANCE = Op("topk_distance")
 
@@ -22,8 +22,20 @@ def _topk_reference(x, y, k, metric, exclude_self):
 
 @TOPK_DISTANCE.register("cpu")
 def _topk_cpu(x, y, k, metric, exclude_self):
-    """BLAS GEMM on row blocks (torch.mm), then a native pass keeps each row's k best in a heap."""
+    """The fused SIMD kernel (cpu_gemm_kernel: no block of products in memory), else BLAS GEMM on row blocks
+    (torch.mm) with a native pass keeping each row's k best in a heap."""
     same_input = same_rows(x, y)
+    kernel = cpu_gemm_kernel(x.dtype)
+    if kernel is not None:
+        x = _unit_inner_stride(x)
+        y = x if same_input else _unit_inner_stride(y)
+        values = torch.empty((x.shape[0], k), dtype=torch.float32)
+        indices = torch.empty((x.shape[0], k), dtype=torch.int64)
+        _native._C.fused_topk_distance_cpu(
+            _native.view(x), _native.view(y), _native.METRIC_CODES[metric], same_input, exclude_self,
+            _native.view(values), _native.view(indices), kernel,
+        )
+        return values, indices
     dtype = _output_dtype(x.dtype)
     x = x.to(dtype)
     y = x if same_input else y.to(dtype)
