@@ -1,6 +1,9 @@
-"""Batch-hard triplet loss, forward and forward+backward: every usable backend vs the reference, the torch
-formula most projects use (B x B matrix, masked max/min: reid-strong-baseline), pytorch-metric-learning
-(BatchHardMiner + TripletMarginLoss) when installed, and one Gram matmul x @ x.T (the floor).
+"""Batch-hard triplet loss, forward, backward and forward+backward: every usable backend vs the reference, the
+torch formula most projects use (B x B matrix, masked max/min: reid-strong-baseline), pytorch-metric-learning
+(BatchHardMiner + TripletMarginLoss) when installed, and one Gram matmul x @ x.T (the floor). "cpu[blas]": the cpu
+backend forced onto its BLAS product path (see test_bench_distance.py).
+"backward" replays the backward of one forward (retain_graph): for a backend it is that backend's backward (on
+GPU the fused cuda / triton kernels; "reference" runs the torch-ops backward with index_add_).
 
     python -m pytest benchmarks/test_bench_triplet.py --benchmark-json=triplet.json
     python benchmarks/report.py triplet.json
@@ -17,9 +20,11 @@ import torch.nn.functional as F
 
 import reidfast
 from conftest import DEVICES, fast_backends
+from test_bench_distance import _with_cpu_blas, use_provider
 
 DEFAULT_SIZES = {"cpu": "256,2048;1024,256;4096,256", "cuda": "128,2048;512,2048;2048,256;2048,2048;8192,256;8192,2048"}
 MARGIN = 0.3
+MODES = ("forward", "backward", "forward+backward")
 
 
 def _sizes(device: str) -> list[tuple[int, int]]:
@@ -49,7 +54,7 @@ def _pml_loss():
 
 
 def _providers(device: str) -> list[str]:
-    providers = [p for p in fast_backends(device) if not (device == "cpu" and p == "triton")]
+    providers = _with_cpu_blas([p for p in fast_backends(device) if not (device == "cpu" and p == "triton")])
     providers += ["reference", "torch_formula", "gram_matmul"]
     if _pml_loss() is not None:
         providers.append("pytorch_metric_learning")
@@ -60,7 +65,7 @@ def _cases():
     for device in DEVICES:
         for batch, dim in _sizes(device):
             for provider in _providers(device):
-                for mode in ("forward", "forward+backward"):
+                for mode in MODES:
                     yield pytest.param(device, batch, dim, provider, mode, id=f"{device}-{batch}x{dim}-{provider}-{mode}")
 
 
@@ -77,7 +82,7 @@ def test_batch_hard_triplet(run_benchmark, device, batch, dim, provider, mode):
         loss_fn = lambda e, _: (e @ e.T).sum()  # noqa: E731  the product alone (and its backward)
     else:
         def loss_fn(e, l):
-            with reidfast.use_backend(provider):
+            with use_provider(provider):
                 return reidfast.batch_hard_triplet_loss(e, l, margin=MARGIN)
 
     def step():
@@ -86,6 +91,15 @@ def test_batch_hard_triplet(run_benchmark, device, batch, dim, provider, mode):
             loss.backward()
             embeddings.grad = None
         return loss
+
+    if mode == "backward":  # one forward outside the timing; every call replays its backward
+        with torch.enable_grad():
+            forward_loss = loss_fn(embeddings, labels)
+
+        def step():
+            forward_loss.backward(retain_graph=True)
+            embeddings.grad = None
+            return forward_loss
 
     with torch.set_grad_enabled(mode != "forward"):
         run_benchmark(f"batch_hard_triplet[{mode}]", provider, device, f"B={batch} D={dim}", step)

@@ -11,6 +11,7 @@
 #include "cpu/triplet.h"
 #include "cpu/evaluate.h"
 #include "cpu/rerank.h"
+#include "cpu/gemm_kernels.h"
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"
@@ -48,6 +49,12 @@ ArrayView make_view(std::uintptr_t data, int dtype, std::vector<int64_t> shape, 
 Metric to_metric(int code) {
   reidfast::check(code >= 0 && code <= static_cast<int>(Metric::Cosine), "unknown metric code " + std::to_string(code));
   return static_cast<Metric>(code);
+}
+
+reidfast::cpu::GemmKernel to_gemm_kernel(int code) {
+  reidfast::check(code >= 0 && code <= static_cast<int>(reidfast::cpu::GemmKernel::Avx512),
+                  "unknown gemm kernel code " + std::to_string(code));
+  return static_cast<reidfast::cpu::GemmKernel>(code);
 }
 
 std::string compiler_version() {
@@ -179,6 +186,61 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ranks"), py::arg("row_max"), py::arg("features"), py::arg("metric"), py::arg("q_g"), py::arg("q_q"),
       py::arg("g_g"), py::arg("num_query"), py::arg("k1"), py::arg("k2"), py::arg("lambda_value"), py::arg("out"));
 
+  m.def(
+      "evaluate_cuhk03_sampled_ranks_cpu",
+      [](const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids, const ArrayView& q_camids,
+         const ArrayView& g_camids, const ArrayView& identity, const ArrayView& offsets,
+         const ArrayView& sampled_rank) {
+        py::gil_scoped_release release;
+        reidfast::cpu::evaluate_cuhk03_sampled_ranks(distmat, q_pids, g_pids, q_camids, g_camids, identity, offsets,
+                                                     sampled_rank);
+      },
+      py::arg("distmat"), py::arg("q_pids"), py::arg("g_pids"), py::arg("q_camids"), py::arg("g_camids"),
+      py::arg("identity"), py::arg("offsets"), py::arg("sampled_rank"));
+  m.def(
+      "cuhk03_draw_offsets_cpu",
+      [](std::uintptr_t bit_generator, const ArrayView& images_per_identity, const ArrayView& own_identity,
+         const ArrayView& num_matches, const ArrayView& offsets) {
+        py::gil_scoped_release release;  // the caller holds the numpy generator's lock
+        reidfast::cpu::cuhk03_draw_offsets(bit_generator, images_per_identity, own_identity, num_matches, offsets);
+      },
+      py::arg("bit_generator"), py::arg("images_per_identity"), py::arg("own_identity"), py::arg("num_matches"),
+      py::arg("offsets"));
+
+  // Fused SIMD distance kernels; kernel: 0 auto, 1 avx2, 2 avx512 (reidfast/ops/distance.py: GEMM_KERNEL_CODES).
+  m.def("cpu_gemm_kernels", &reidfast::cpu::supported_gemm_kernels,
+        "The fused SIMD micro-kernels this module has and this CPU runs, widest first.");
+  m.def(
+      "fused_pairwise_distance_cpu",
+      [](const ArrayView& x, const ArrayView& y, int metric, bool same_input, const ArrayView& out, int kernel) {
+        py::gil_scoped_release release;
+        reidfast::cpu::fused_pairwise_distance(x, y, to_metric(metric), same_input, out, to_gemm_kernel(kernel));
+      },
+      py::arg("x"), py::arg("y"), py::arg("metric"), py::arg("same_input"), py::arg("out"), py::arg("kernel"));
+  m.def(
+      "fused_topk_distance_cpu",
+      [](const ArrayView& x, const ArrayView& y, int metric, bool same_input, bool exclude_self,
+         const ArrayView& values, const ArrayView& indices, int kernel) {
+        py::gil_scoped_release release;
+        reidfast::cpu::fused_topk_distance(x, y, to_metric(metric), same_input, exclude_self, values, indices,
+                                           to_gemm_kernel(kernel));
+      },
+      py::arg("x"), py::arg("y"), py::arg("metric"), py::arg("same_input"), py::arg("exclude_self"),
+      py::arg("values"), py::arg("indices"), py::arg("kernel"));
+  m.def(
+      "fused_batch_hard_mine_cpu",
+      [](const ArrayView& anchors, const ArrayView& candidates, const ArrayView& anchor_labels,
+         const ArrayView& candidate_labels, const ArrayView& anchor_index, int metric, const ArrayView& dist_ap,
+         const ArrayView& dist_an, const ArrayView& positive_index, const ArrayView& negative_index, int kernel) {
+        py::gil_scoped_release release;
+        reidfast::cpu::fused_batch_hard_mine(anchors, candidates, anchor_labels, candidate_labels, anchor_index,
+                                             to_metric(metric), dist_ap, dist_an, positive_index, negative_index,
+                                             to_gemm_kernel(kernel));
+      },
+      py::arg("anchors"), py::arg("candidates"), py::arg("anchor_labels"), py::arg("candidate_labels"),
+      py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"), py::arg("dist_an"), py::arg("positive_index"),
+      py::arg("negative_index"), py::arg("kernel"));
+
   // [bindings: cpu]  (marker: add CPU bindings above)
 
 #ifdef REIDFAST_WITH_CUDA
@@ -217,6 +279,24 @@ PYBIND11_MODULE(_C, m) {
         reidfast::cuda::topk_distance(x, y, k, to_metric(metric), exclude_self, values, indices, workspace, stream);
       }, py::arg("x"), py::arg("y"), py::arg("k"), py::arg("metric"), py::arg("exclude_self"), py::arg("values"),
       py::arg("indices"), py::arg("workspace"), py::arg("stream"));
+
+  m.attr("batch_hard_backward_coefficients_per_anchor") = reidfast::cuda::kBackwardCoefficientsPerAnchor;
+  m.def(
+      "batch_hard_backward_cuda",
+      [](const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
+         const ArrayView& negative_index, const ArrayView& dist_ap, const ArrayView& dist_an, const ArrayView& grad_ap,
+         const ArrayView& grad_an, int metric, bool candidates_are_anchors, const ArrayView& entry_order,
+         const ArrayView& entry_offsets, const ArrayView& coefficients, const ArrayView& grad_anchors,
+         const ArrayView& grad_candidates, std::uintptr_t stream) {
+        py::gil_scoped_release release;
+        reidfast::cuda::batch_hard_backward(anchors, candidates, positive_index, negative_index, dist_ap, dist_an,
+                                            grad_ap, grad_an, to_metric(metric), candidates_are_anchors, entry_order,
+                                            entry_offsets, coefficients, grad_anchors, grad_candidates, stream);
+      },
+      py::arg("anchors"), py::arg("candidates"), py::arg("positive_index"), py::arg("negative_index"),
+      py::arg("dist_ap"), py::arg("dist_an"), py::arg("grad_ap"), py::arg("grad_an"), py::arg("metric"),
+      py::arg("candidates_are_anchors"), py::arg("entry_order"), py::arg("entry_offsets"), py::arg("coefficients"),
+      py::arg("grad_anchors"), py::arg("grad_candidates"), py::arg("stream"));
 
   // [bindings: cuda]  (marker: add CUDA bindings above)
 #endif

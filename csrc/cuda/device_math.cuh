@@ -18,6 +18,20 @@ __device__ __forceinline__ double widen(double value) { return value; }
 __device__ __forceinline__ float widen(__half value) { return __half2float(value); }
 __device__ __forceinline__ float widen(__nv_bfloat16 value) { return __bfloat162float(value); }
 
+// Rounds an accumulator to the element type (to nearest even): the inverse of widen, e.g. narrow<__half>(x).
+template <typename OutT, typename AccT>
+__device__ __forceinline__ OutT narrow(AccT value);
+template <>
+__device__ __forceinline__ float narrow<float, float>(float value) { return value; }
+template <>
+__device__ __forceinline__ double narrow<double, double>(double value) { return value; }
+template <>
+__device__ __forceinline__ __half narrow<__half, float>(float value) { return __float2half_rn(value); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16, float>(float value) {
+  return __float2bfloat16_rn(value);
+}
+
 template <typename T>
 __device__ __forceinline__ T zero_of();
 template <>

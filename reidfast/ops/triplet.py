@@ -17,7 +17,7 @@ from .._dispatch import Op
 from ..reference import distance as reference_distance
 from ..reference import triplet as reference
 from ..reference.triplet import TripletDetails
-from .distance import _normalize_backward, _unit_inner_stride, same_rows
+from .distance import _normalize_backward, _unit_inner_stride, cpu_gemm_kernel, same_rows
 
 BATCH_HARD_MINE = Op("batch_hard_triplet_loss")
 _CPU_BLOCK_ELEMENTS = 1 << 22  # dot products per CPU block: 16 MiB of float32, whatever the batch size
@@ -42,7 +42,11 @@ def _mine_reference(anchors, candidates, anchor_labels, candidate_labels, anchor
 
 @BATCH_HARD_MINE.register("cpu")
 def _mine_cpu(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric):
-    """BLAS GEMM on blocks of anchors (torch.mm), then one native pass mines each block."""
+    """The fused SIMD kernel (cpu_gemm_kernel: no block of distances in memory), else BLAS GEMM on blocks of
+    anchors (torch.mm) with one native pass mining each block."""
+    kernel = cpu_gemm_kernel(anchors.dtype)
+    if kernel is not None:
+        return _mine_cpu_fused(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric, kernel)
     dtype = reference_distance.accumulation_dtype(anchors.dtype)
     anchors, candidates = anchors.to(dtype), candidates.to(dtype)
     num_anchors, num_candidates = anchors.shape[0], candidates.shape[0]
@@ -63,6 +67,26 @@ def _mine_cpu(anchors, candidates, anchor_labels, candidate_labels, anchor_index
             view(self_index[rows]), _native.METRIC_CODES[metric],
             view(dist_ap[rows]), view(dist_an[rows]), view(positive[rows]), view(negative[rows]),
         )
+    return dist_ap, dist_an, positive, negative
+
+
+def _mine_cpu_fused(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric, kernel):
+    """One native call: packing (float16/bfloat16 converted there), SIMD product and mining on each tile."""
+    num_anchors = anchors.shape[0]
+    if candidates.shape[0] == 0:
+        return _empty_result(num_anchors, torch.float32, anchors.device)
+    same_input = same_rows(anchors, candidates)
+    anchors = _unit_inner_stride(anchors)
+    candidates = anchors if same_input else _unit_inner_stride(candidates)
+    dist_ap, dist_an = torch.empty(num_anchors), torch.empty(num_anchors)
+    positive = torch.empty(num_anchors, dtype=torch.int64)
+    negative = torch.empty(num_anchors, dtype=torch.int64)
+    view = _native.view
+    _native._C.fused_batch_hard_mine_cpu(
+        view(anchors), view(candidates), view(anchor_labels.to(torch.int64).contiguous()),
+        view(candidate_labels.to(torch.int64).contiguous()), view(anchor_index.to(torch.int64).contiguous()),
+        _native.METRIC_CODES[metric], view(dist_ap), view(dist_an), view(positive), view(negative), kernel,
+    )
     return dist_ap, dist_an, positive, negative
 
 
@@ -140,13 +164,70 @@ def _cosine_pair_gradients(anchors, others, grad):
             _normalize_backward(-grad[:, None] * anchor_hat, other_hat, other_len))
 
 
+def _hardest_pair_inverse(positive: torch.Tensor, negative: torch.Tensor, num_rows: int):
+    """Which anchors chose each candidate row, as a CSR: entries e in [0, 2B) (e < B: anchor e's hardest
+    positive, else anchor e - B's hardest negative) stably sorted by their row, so row j's entries
+    entry_order[entry_offsets[j]:entry_offsets[j + 1]] come in increasing e, a fixed summation order.
+    -> (entry_order (2B,), entry_offsets (num_rows + 1,)) int64. O(B log B) on the device, no atomics."""
+    rows_chosen = torch.cat([positive, negative])
+    sorted_rows, entry_order = torch.sort(rows_chosen, stable=True)  # -1 (no pair) sorts first: skipped
+    row_starts = torch.arange(num_rows + 1, dtype=torch.int64, device=rows_chosen.device)
+    return entry_order, torch.searchsorted(sorted_rows, row_starts)
+
+
+def _backward_triton(anchors, candidates, dist_ap, dist_an, positive, negative, grad_ap, grad_an, metric):
+    from ..kernels.triton import triplet_backward
+
+    rows = anchors if candidates is None else candidates
+    entry_order, entry_offsets = _hardest_pair_inverse(positive, negative, rows.shape[0])
+    return triplet_backward.batch_hard_mine_backward(
+        anchors, candidates, dist_ap, dist_an, positive, negative, grad_ap, grad_an, metric, entry_order, entry_offsets
+    )
+
+
+def _backward_cuda(anchors, candidates, dist_ap, dist_an, positive, negative, grad_ap, grad_an, metric):
+    same_rows = candidates is None
+    rows = anchors if same_rows else candidates
+    (num_anchors, dim), device = anchors.shape, anchors.device
+    entry_order, entry_offsets = _hardest_pair_inverse(positive, negative, rows.shape[0])
+    per_anchor = _native._C.batch_hard_backward_coefficients_per_anchor  # scratch layout: csrc/cuda/triplet.h
+    coefficients = torch.empty(per_anchor * num_anchors, dtype=dist_ap.dtype, device=device)
+    grad_anchors = torch.empty((num_anchors, dim), dtype=anchors.dtype, device=device)
+    grad_rows = grad_anchors if same_rows else torch.empty((rows.shape[0], dim), dtype=rows.dtype, device=device)
+    view = _native.view
+    _native._C.batch_hard_backward_cuda(
+        view(anchors), view(rows), view(positive), view(negative), view(dist_ap), view(dist_an), view(grad_ap),
+        view(grad_an), _native.METRIC_CODES[metric], same_rows, view(entry_order), view(entry_offsets),
+        view(coefficients), view(grad_anchors), view(grad_rows), torch.cuda.current_stream(device).cuda_stream,
+    )
+    return grad_anchors, None if same_rows else grad_rows
+
+
+_FUSED_BACKWARDS = {"cuda": _backward_cuda, "triton": _backward_triton}
+
+
 @torch.library.custom_op("reidfast::batch_hard_mine_backward", mutates_args=())
 def _batch_hard_mine_backward_op(
     anchors_in: torch.Tensor, candidates_in: Optional[torch.Tensor], dist_ap: torch.Tensor, dist_an: torch.Tensor,
     positive: torch.Tensor, negative: torch.Tensor, grad_ap: torch.Tensor, grad_an: torch.Tensor, metric: str,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_anchors (B, D), grad_candidates (C, D); (0, D) when candidates_in is None): O(B*D), no GEMM."""
+    """(grad_anchors (B, D), grad_candidates (C, D); (0, D) when candidates_in is None): O(B*D), no GEMM.
+
+    backend: the one the forward ran on. cuda/triton: fused kernels, deterministic (no atomics: an inverse
+    index of the mined pairs, summed in a fixed order); cpu: the native kernel (euclidean metrics); otherwise
+    (and cosine on cpu) torch ops.
+    """
     dtype = dist_ap.dtype
+    if backend in _FUSED_BACKWARDS:
+        grad_anchors, grad_candidates = _FUSED_BACKWARDS[backend](
+            _unit_inner_stride(anchors_in), None if candidates_in is None else _unit_inner_stride(candidates_in),
+            dist_ap.contiguous(), dist_an.contiguous(), positive.contiguous(), negative.contiguous(),
+            grad_ap.to(dtype).contiguous(), grad_an.to(dtype).contiguous(), metric,
+        )
+        if candidates_in is None:
+            return grad_anchors, anchors_in.new_empty((0, anchors_in.shape[1]))
+        return grad_anchors, grad_candidates
     anchors = _unit_inner_stride(anchors_in.to(dtype))
     candidates = anchors if candidates_in is None else _unit_inner_stride(candidates_in.to(dtype))
     grad_anchors = torch.zeros_like(anchors)
@@ -163,7 +244,7 @@ def _batch_hard_mine_backward_op(
             grad_candidates.index_add_(0, safe_index, to_other)
     else:
         weights = [_pair_weight(g, d, i, metric) for g, d, i in zip(grads, (dist_ap, dist_an), (positive, negative))]
-        if anchors.device.type == "cpu" and BATCH_HARD_MINE.select(anchors.device)[0] == "cpu":
+        if backend == "cpu":
             view = _native.view
             _native._C.batch_hard_backward_cpu(
                 view(anchors), view(candidates), view(positive.contiguous()), view(negative.contiguous()),
@@ -182,7 +263,7 @@ def _batch_hard_mine_backward_op(
 
 
 @_batch_hard_mine_backward_op.register_fake
-def _(anchors_in, candidates_in, dist_ap, dist_an, positive, negative, grad_ap, grad_an, metric):
+def _(anchors_in, candidates_in, dist_ap, dist_an, positive, negative, grad_ap, grad_an, metric, backend):
     grad_candidates = anchors_in.new_empty((0, anchors_in.shape[1])) if candidates_in is None else torch.empty_like(candidates_in)
     return torch.empty_like(anchors_in), grad_candidates
 
@@ -193,6 +274,9 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
     ctx.has_candidates = candidates is not None
     ctx.save_for_backward(anchors, candidates if candidates is not None else anchors, dist_ap, dist_an, positive, negative)
     ctx.metric = metric
+    # The backward follows the forward's backend: use_backend(...) around the forward then governs both, and
+    # autograd may run the backward on another thread (CUDA), where the forced backend is not visible.
+    ctx.backend = BATCH_HARD_MINE.select(anchors.device)[0]
 
 
 def _backward(ctx: Any, grad_ap, grad_an, _grad_pos, _grad_neg):
@@ -201,7 +285,7 @@ def _backward(ctx: Any, grad_ap, grad_an, _grad_pos, _grad_neg):
     grad_an = torch.zeros_like(dist_an) if grad_an is None else grad_an
     grad_anchors, grad_candidates = _batch_hard_mine_backward_op(
         anchors, candidates if ctx.has_candidates else None, dist_ap, dist_an, positive, negative, grad_ap, grad_an,
-        ctx.metric,
+        ctx.metric, ctx.backend,
     )
     return grad_anchors, (grad_candidates if ctx.has_candidates else None), None, None, None, None
 
