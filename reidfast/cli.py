@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="seed of the dataset, model and training (default 0)")
     demo.add_argument("--data", help="synthetic dataset folder (default OUT/data; reused when it holds the same dataset)")
     demo.add_argument("--train-ids", dest="num_train_ids", type=_positive_int,
-                      help="training identities of the synthetic dataset (default 500)")
+                      help="training identities of the synthetic dataset (default 800)")
     demo.add_argument("--test-ids", dest="num_test_ids", type=_positive_int,
                       help="test identities of the synthetic dataset (default 100)")
     demo.add_argument("--overwrite", action="store_true", help="replace the output of an earlier demo in --out")

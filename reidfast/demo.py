@@ -4,7 +4,7 @@
 
 Stages (each timed):
 
-1. data: `make_synthetic_reid` writes a Market-1501-layout dataset (500 training identities, 100 test
+1. data: `make_synthetic_reid` writes a Market-1501-layout dataset (800 training identities, 100 test
    identities, 6 cameras, 64 x 32 JPEGs, long-tailed images per identity, junk and distractor images), or
    reuses the one already in `<out>/data` (or `--data DIR`) when it was made with the same parameters;
 2. EDA: `dataset_statistics` + `write_eda_report` -> `<out>/eda/` (report.md and plots);
@@ -50,7 +50,7 @@ __all__ = ["DemoDataset", "DEMO_DATASET", "DEMO_TRAIN_CONFIG", "DEMO_RERANK", "d
 class DemoDataset:
     """Parameters of `make_synthetic_reid` for the demo."""
 
-    num_train_ids: int = 500
+    num_train_ids: int = 800
     num_test_ids: int = 100
     num_cameras: int = 6
     image_size: tuple[int, int] = (64, 32)  # (height, width)
