@@ -413,11 +413,9 @@ void cuhk03_typed(const ArrayView& distmat, const int64_t* q_pids, const int64_t
   }
 }
 
-}  // namespace
-
-void evaluate_market1501(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
-                         const ArrayView& q_camids, const ArrayView& g_camids, const ArrayView& first_match_rank,
-                         const ArrayView& average_precision, const ArrayView& inverse_negative_penalty) {
+// A host float32/float64 distmat (Q, G) and its four label vectors.
+void check_ranking_inputs(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
+                          const ArrayView& q_camids, const ArrayView& g_camids) {
   check_matrix(distmat, "distmat", /*want_cuda=*/false);
   if (distmat.dtype != DType::Float32 && distmat.dtype != DType::Float64) {
     fail(std::string("distmat: the CPU kernel takes float32 or float64 distances, got ") + dtype_name(distmat.dtype));
@@ -427,6 +425,15 @@ void evaluate_market1501(const ArrayView& distmat, const ArrayView& q_pids, cons
   check_label_vector(q_camids, "q_camids", num_query, "distmat rows");
   check_label_vector(g_pids, "g_pids", num_gallery, "distmat columns");
   check_label_vector(g_camids, "g_camids", num_gallery, "distmat columns");
+}
+
+}  // namespace
+
+void evaluate_market1501(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
+                         const ArrayView& q_camids, const ArrayView& g_camids, const ArrayView& first_match_rank,
+                         const ArrayView& average_precision, const ArrayView& inverse_negative_penalty) {
+  check_ranking_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
+  const int64_t num_query = distmat.size(0), num_gallery = distmat.size(1);
   check_output_vector(first_match_rank, "first_match_rank", num_query, DType::Int64);
   check_output_vector(average_precision, "average_precision", num_query, DType::Float64);
   check_output_vector(inverse_negative_penalty, "inverse_negative_penalty", num_query, DType::Float64);
@@ -481,15 +488,8 @@ void cuhk03_draw_offsets(std::uintptr_t bit_generator, const ArrayView& images_p
 void evaluate_cuhk03_sampled_ranks(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
                                    const ArrayView& q_camids, const ArrayView& g_camids, const ArrayView& identity,
                                    const ArrayView& offsets, const ArrayView& sampled_rank) {
-  check_matrix(distmat, "distmat", /*want_cuda=*/false);
-  if (distmat.dtype != DType::Float32 && distmat.dtype != DType::Float64) {
-    fail(std::string("distmat: the CPU kernel takes float32 or float64 distances, got ") + dtype_name(distmat.dtype));
-  }
+  check_ranking_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   const int64_t num_query = distmat.size(0), num_gallery = distmat.size(1);
-  check_label_vector(q_pids, "q_pids", num_query, "distmat rows");
-  check_label_vector(q_camids, "q_camids", num_query, "distmat rows");
-  check_label_vector(g_pids, "g_pids", num_gallery, "distmat columns");
-  check_label_vector(g_camids, "g_camids", num_gallery, "distmat columns");
   check_label_vector(identity, "identity", num_gallery, "distmat columns");
   check(!offsets.on_cuda() && offsets.ndim() == 3 && offsets.size(0) == num_query && offsets.dtype == DType::Int64,
         "offsets: expected a host int64 array of shape (num_query, num_repeats, num_identities)");

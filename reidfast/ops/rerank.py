@@ -35,7 +35,8 @@ from .. import _native
 from .._arrays import as_tensor, check_same_device, has_nonfinite, to_caller
 from .._dispatch import Op, use_backend
 from ..reference import rerank as reference
-from .distance import PAIRWISE_DISTANCE, row_block_size
+from ..reference import distance as reference_distance
+from .distance import PAIRWISE_DISTANCE, cpu_gemm_kernel, row_block_size
 
 __all__ = ["re_ranking", "re_ranking_distances"]
 
@@ -68,6 +69,25 @@ def _unit_stride(array: np.ndarray) -> np.ndarray:
     return array if array.shape[1] <= 1 or array.strides[1] == array.itemsize else np.ascontiguousarray(array)
 
 
+def _joint_distance_block(features: torch.Tensor, norms: torch.Tensor | None, start: int, stop: int, metric: str,
+                          out: torch.Tensor, kernel: int | None) -> torch.Tensor:
+    """Distances of rows start:stop of `features` (N, D) to all N rows, written into `out` (stop - start, N),
+    with pairwise_distance's CPU semantics (row i's distance to itself exact, as for x against x)."""
+    view = _native.view
+    if kernel is None:  # BLAS GEMM + the native epilogue, which makes the self-distance exact itself
+        torch.mm(features[start:stop], features.T, out=out)
+        _native._C.distance_epilogue_cpu(view(out), view(norms[start:stop]), view(norms), _native.METRIC_CODES[metric],
+                                         start)
+        return out
+    _native._C.fused_pairwise_distance_cpu(view(features[start:stop]), view(features), _native.METRIC_CODES[metric],
+                                           False, view(out), kernel)
+    if metric != "cosine":  # squared self-distance exactly 0 (NaN stays NaN), then the metric's clamp and root
+        self_distance = out.diagonal(offset=start).mul_(0)
+        if metric == "euclidean":
+            self_distance.clamp_(min=reference_distance.EUCLIDEAN_CLAMP).sqrt_()
+    return out
+
+
 @RE_RANKING.register("cpu")
 def _re_ranking_cpu(kind, data, k1, k2, lambda_value, chunk_size, progress):
     view, C = _native.view, _native._C
@@ -79,7 +99,8 @@ def _re_ranking_cpu(kind, data, k1, k2, lambda_value, chunk_size, progress):
         query, gallery, metric = data
         num_query, num_gallery = query.shape[0], gallery.shape[0]
         features = torch.from_numpy(np.ascontiguousarray(np.concatenate([query, gallery], axis=0)))
-        norms = (features * features).sum(1)  # once, not per block
+        kernel = cpu_gemm_kernel(features.dtype)
+        norms = (features * features).sum(1) if kernel is None else None  # the BLAS path's, once, not per block
     num_all = num_query + num_gallery
     if num_query == 0 or num_gallery == 0:
         return np.empty((num_query, num_gallery), dtype=np.float32)
@@ -113,10 +134,7 @@ def _re_ranking_cpu(kind, data, k1, k2, lambda_value, chunk_size, progress):
                 left, right = q_g[:, cols].T, g_g[:, cols].T
             left_t, right_t = torch.from_numpy(left), torch.from_numpy(right)
         else:
-            # pairwise_distance's native CPU path (BLAS GEMM + epilogue), norms computed once
-            block_t = torch.mm(features[start:stop], features.T, out=gram[: stop - start])
-            C.distance_epilogue_cpu(view(block_t), view(norms[start:stop]), view(norms), _native.METRIC_CODES[metric],
-                                    start)
+            block_t = _joint_distance_block(features, norms, start, stop, metric, gram[: stop - start], kernel)
             left_t, right_t = block_t[:, :num_query], block_t[:, num_query:]
             right = right_t.numpy()
         C.rerank_topk_block_cpu(view(left_t), view(right_t), width, view(row_max[start:stop]), view(ranks[start:stop]))
