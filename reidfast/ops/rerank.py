@@ -222,17 +222,8 @@ def _device_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any) -> tuple[torc
         tensors[name] = tensor
     check_same_device(**tensors)
     q_g, q_q, g_g = tensors["q_g_dist"], tensors["q_q_dist"], tensors["g_g_dist"]
+    reference.check_distance_shapes(q_g, q_q, g_g)
     num_query, num_gallery = q_g.shape
-    if q_q.shape != (num_query, num_query):
-        raise ValueError(
-            f"q_q_dist must have shape (Q, Q) = {(num_query, num_query)} to match q_g_dist {tuple(q_g.shape)}, "
-            f"got {tuple(q_q.shape)}"
-        )
-    if g_g.shape != (num_gallery, num_gallery):
-        raise ValueError(
-            f"g_g_dist must have shape (G, G) = {(num_gallery, num_gallery)} to match q_g_dist "
-            f"{tuple(q_g.shape)}, got {tuple(g_g.shape)}"
-        )
     if torch.float64 in (q_g.dtype, q_q.dtype, g_g.dtype):  # the published np.concatenate promotes to float64
         q_g, q_q, g_g = (t.to(torch.float64) for t in (q_g, q_q, g_g))
     return q_g, q_q, g_g

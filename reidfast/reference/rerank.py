@@ -171,6 +171,21 @@ def _has_nonfinite(array: np.ndarray, block_elements: int = 1 << 24) -> bool:
     return any(not np.isfinite(array[s:s + step]).all() for s in range(0, array.shape[0], step))
 
 
+def check_distance_shapes(q_g, q_q, g_g) -> None:
+    """q_q (Q, Q) and g_g (G, G) must match q_g (Q, G) (numpy arrays or tensors); ValueError naming the argument."""
+    num_query, num_gallery = q_g.shape
+    if tuple(q_q.shape) != (num_query, num_query):
+        raise ValueError(
+            f"q_q_dist must have shape (Q, Q) = {(num_query, num_query)} to match q_g_dist {tuple(q_g.shape)}, "
+            f"got {tuple(q_q.shape)}"
+        )
+    if tuple(g_g.shape) != (num_gallery, num_gallery):
+        raise ValueError(
+            f"g_g_dist must have shape (G, G) = {(num_gallery, num_gallery)} to match q_g_dist "
+            f"{tuple(q_g.shape)}, got {tuple(g_g.shape)}"
+        )
+
+
 def _check_distances(
     q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,17 +203,7 @@ def _check_distances(
             raise ValueError(f"{name} contains NaN or Inf; re-ranking needs finite distances")
         arrays[name] = array
     q_g, q_q, g_g = arrays["q_g_dist"], arrays["q_q_dist"], arrays["g_g_dist"]
-    num_query, num_gallery = q_g.shape
-    if q_q.shape != (num_query, num_query):
-        raise ValueError(
-            f"q_q_dist must have shape (Q, Q) = {(num_query, num_query)} to match q_g_dist {q_g.shape}, "
-            f"got {q_q.shape}"
-        )
-    if g_g.shape != (num_gallery, num_gallery):
-        raise ValueError(
-            f"g_g_dist must have shape (G, G) = {(num_gallery, num_gallery)} to match q_g_dist {q_g.shape}, "
-            f"got {g_g.shape}"
-        )
+    check_distance_shapes(q_g, q_q, g_g)
     return q_g, q_q, g_g
 
 
