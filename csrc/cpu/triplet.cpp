@@ -79,6 +79,18 @@ void backward_typed(const ArrayView& anchors, const ArrayView& candidates, const
 #pragma omp parallel for schedule(static)
   for (int64_t block = 0; block < feature_blocks; ++block) {
     const int64_t begin = block * kFeatureBlock, end = std::min(dim, begin + kFeatureBlock);
+    // The outputs arrive uninitialised: this thread owns features [begin, end) of every row, so it zeroes
+    // them here, while they are hot, instead of the caller filling both matrices first.
+    for (int64_t i = 0; i < num_anchors; ++i) {
+      T* row = grad_anchors.ptr<T>() + i * grad_anchors.stride(0);
+      std::fill(row + begin, row + end, T(0));
+    }
+    if (grad_candidates.ptr<T>() != grad_anchors.ptr<T>()) {
+      for (int64_t j = 0; j < grad_candidates.size(0); ++j) {
+        T* row = grad_candidates.ptr<T>() + j * grad_candidates.stride(0);
+        std::fill(row + begin, row + end, T(0));
+      }
+    }
     for (int64_t i = 0; i < num_anchors; ++i) {
       const T* anchor = anchors.ptr<T>() + i * anchors.stride(0);
       T* grad_anchor = grad_anchors.ptr<T>() + i * grad_anchors.stride(0);

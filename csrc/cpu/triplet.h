@@ -27,7 +27,8 @@ namespace cpu {
 
 // Backward of the mined distances for euclidean-type metrics: with pair (i, j) for j in {positive_index[i],
 // negative_index[i]} (skipped when -1) and its coefficient w (positive_weight[i] / negative_weight[i]),
-//   grad_anchors[i] += w * (anchors[i] - candidates[j]),   grad_candidates[j] -= w * (anchors[i] - candidates[j]).
+//   grad_anchors[i] += w * (anchors[i] - candidates[j]),   grad_candidates[j] -= w * (anchors[i] - candidates[j]),
+// starting from zero: the grads are outputs, every element written (their contents on entry are ignored).
 // anchors (B, D), candidates (C, D), grad_anchors (B, D), grad_candidates (C, D): one float dtype (float32 or
 // float64), unit inner stride; the two grads may be the same array (anchors scored against themselves).
 // Threads split the feature axis, so the scatter into grad_candidates needs no atomics.

@@ -230,8 +230,12 @@ def _batch_hard_mine_backward_op(
         return grad_anchors, grad_candidates
     anchors = _unit_inner_stride(anchors_in.to(dtype))
     candidates = anchors if candidates_in is None else _unit_inner_stride(candidates_in.to(dtype))
-    grad_anchors = torch.zeros_like(anchors)
-    grad_candidates = grad_anchors if candidates_in is None else torch.zeros_like(candidates)
+    # The native CPU kernel writes every element (zeroing each feature slice in the thread that owns it);
+    # the torch-ops paths accumulate into zeros.
+    native = backend == "cpu" and metric != "cosine" and candidates.shape[0] > 0
+    new_gradient = torch.empty_like if native else torch.zeros_like
+    grad_anchors = new_gradient(anchors)
+    grad_candidates = grad_anchors if candidates_in is None else new_gradient(candidates)
     grads = (grad_ap.to(dtype), grad_an.to(dtype))
     if candidates.shape[0] == 0:
         pass
@@ -244,7 +248,7 @@ def _batch_hard_mine_backward_op(
             grad_candidates.index_add_(0, safe_index, to_other)
     else:
         weights = [_pair_weight(g, d, i, metric) for g, d, i in zip(grads, (dist_ap, dist_an), (positive, negative))]
-        if backend == "cpu":
+        if native:
             view = _native.view
             _native._C.batch_hard_backward_cpu(
                 view(anchors), view(candidates), view(positive.contiguous()), view(negative.contiguous()),
