@@ -129,19 +129,22 @@ def _eval(args: argparse.Namespace) -> int:
     loaded = load_checkpoint_model(args.checkpoint, device=args.device)
     started = time.perf_counter()
     result = evaluate_model(loaded.model, dataset, loaded.config, rerank=args.rerank, batch_size=args.batch_size,
-                            max_rank=args.max_rank, protocol=args.protocol)
+                            max_rank=args.max_rank, protocol=args.protocol, k1=args.k1, k2=args.k2,
+                            lambda_value=args.lambda_value)
     seconds = time.perf_counter() - started
     print(f"{args.checkpoint}: {loaded.epoch} epochs on {loaded.dataset or 'unknown data'}; "
           f"{result.num_query} queries x {result.num_gallery} gallery images of {dataset.name} "
           f"({args.protocol} protocol), {seconds:.1f}s")
     rows = [("euclidean distance", result.ranking)]
     if result.reranked is not None:
-        rows.append(("+ k-reciprocal re-rank", result.reranked))
+        rows.append((f"+ re-ranking (k1={args.k1}, k2={args.k2})", result.reranked))
     print(ranking_table(rows))
     if out is not None:
         report = {"checkpoint": str(args.checkpoint), "epoch": loaded.epoch, "data": str(args.data),
                   "layout": args.layout, "dataset": dataset.name, "protocol": args.protocol,
-                  "max_rank": args.max_rank, **_to_python(result.to_dict())}
+                  "max_rank": args.max_rank,
+                  "rerank": {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value} if args.rerank else None,
+                  **_to_python(result.to_dict())}
         out.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(out, lambda tmp: tmp.write_text(json.dumps(_nan_to_none(report), indent=2, allow_nan=False)))
         print(f"metrics written to {out}")
@@ -193,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--layout", choices=LAYOUTS, default="market1501", help="folder layout (default market1501)")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt written by reidfast train")
     evaluate.add_argument("--rerank", action="store_true", help="also report k-reciprocal re-ranked metrics")
+    evaluate.add_argument("--k1", type=_positive_int, default=20, help="re-ranking k1 (default 20)")
+    evaluate.add_argument("--k2", type=_positive_int, default=6, help="re-ranking k2 (default 6)")
+    evaluate.add_argument("--lambda-value", dest="lambda_value", type=float, default=0.3,
+                          help="re-ranking weight of the original distance, in [0, 1] (default 0.3)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     evaluate.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=128,
                           help="images per forward pass (default 128)")

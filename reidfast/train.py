@@ -327,11 +327,13 @@ def _rank_seed(seed: int, rank: int) -> int:
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, config: TrainConfig, rerank: bool | None = None,
                    verification: bool = False, batch_size: int = 128, *, max_rank: int = 50,
-                   protocol: str = "market1501", distributed: bool | None = None):
+                   protocol: str = "market1501", distributed: bool | None = None, k1: int = 20, k2: int = 6,
+                   lambda_value: float = 0.3):
     """Embed query + gallery with `model` (eval mode) and rank them with ReIDEvaluator -> EvaluatorResult.
 
     Images are resized to config.height x config.width. rerank: also k-reciprocal re-ranked metrics (None:
-    config.rerank). max_rank, protocol ("market1501" | "cuhk03"): as in reidfast.evaluate. distributed:
+    config.rerank); k1, k2, lambda_value: its parameters (reidfast.re_ranking). max_rank, protocol
+    ("market1501" | "cuhk03"): as in reidfast.evaluate. distributed:
     None shards the images over the ranks when torch.distributed is initialised with several processes
     (each rank embeds a contiguous slice; ReIDEvaluator gathers them in order, so every rank gets the
     single-process result; call it on every rank); False embeds everything in this process.
@@ -347,7 +349,8 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, config: TrainConfig, 
     distributed = _distributed_active() and distributed is not False
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     evaluator = ReIDEvaluator(rerank=config.rerank if rerank is None else rerank, verification=verification,
-                              max_rank=max_rank, protocol=protocol, distributed=distributed)
+                              max_rank=max_rank, protocol=protocol, distributed=distributed, k1=k1, k2=k2,
+                              lambda_value=lambda_value)
     for records, is_query in ((dataset.query, True), (dataset.gallery, False)):
         records = records[len(records) * rank // world_size:len(records) * (rank + 1) // world_size]
         if records:  # a rank may hold no rows of a small split

@@ -60,7 +60,7 @@ def test_metrics_match_evaluate_model_and_the_training_run(trained, tmp_path, ca
 
     rows = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| ")}
     assert f"{expected.mAP:6.1%}" in rows["euclidean distance"]
-    assert f"{expected.reranked.mAP:6.1%}" in rows["+ k-reciprocal re-rank"]
+    assert f"{expected.reranked.mAP:6.1%}" in rows["+ re-ranking (k1=20, k2=6)"]
     assert f"{expected.rank1:6.1%}" in rows["euclidean distance"]
     assert f"{expected.num_query} queries x {expected.num_gallery} gallery images" in printed
 
@@ -90,6 +90,26 @@ def test_options_reach_the_evaluator_and_no_json_unless_asked(trained, tmp_path,
     assert cells == [f"{v:.1%}" for v in (expected.rank1, expected.rank5)] + ["n/a"] + [
         f"{v:.1%}" for v in (expected.mAP, expected.mINP)]
     assert "re-rank" not in printed and "cuhk03 protocol" in printed
+
+
+def test_reranking_parameters_reach_the_evaluator(trained, tmp_path, capsys):
+    root, checkpoint, _ = trained
+    out = tmp_path / "k.json"
+    assert run_eval("--data", root, "--checkpoint", checkpoint, "--device", "cpu", "--rerank", "--k1", "3",
+                    "--k2", "2", "--lambda-value", "0.5", "--out", out) == 0
+    assert "+ re-ranking (k1=3, k2=2)" in capsys.readouterr().out
+    loaded = load_checkpoint_model(checkpoint, device="cpu")
+    expected = evaluate_model(loaded.model, load_market1501(root), loaded.config, rerank=True, k1=3, k2=2,
+                              lambda_value=0.5)
+    default = evaluate_model(loaded.model, load_market1501(root), loaded.config, rerank=True)
+    report = json.loads(out.read_text())
+    assert report["reranked"] == expected.to_dict()["reranked"]
+    assert report["rerank"] == {"k1": 3, "k2": 2, "lambda_value": 0.5}
+    assert report["reranked"]["cmc"] != default.to_dict()["reranked"]["cmc"] or \
+        report["reranked"]["mAP"] != default.to_dict()["reranked"]["mAP"]
+    with pytest.raises(SystemExit) as exit_info:  # k2 > k1 is the op's clear error, exit 2
+        run_eval("--data", root, "--checkpoint", checkpoint, "--device", "cpu", "--rerank", "--k1", "2", "--k2", "3")
+    assert exit_info.value.code == 2 and "k2" in capsys.readouterr().err
 
 
 def test_an_existing_out_file_is_never_overwritten_without_overwrite(trained, tmp_path, capsys):
