@@ -204,3 +204,180 @@ def test_fused_kernels_report():
     kernels = fused_cpu_kernels()
     assert set(kernels) <= {"avx512", "avx2"}
     assert list(kernels) == sorted(kernels, key=["avx512", "avx2"].index)  # widest first: what "auto" runs
+
+
+# --- few rows, many columns: the columns split over the threads ---------------------------------------
+# With fewer MR-row tiles than threads, each tile's columns are shared by several threads, each with its own
+# top-k reservoir / hardest pair, merged at the end (csrc/cpu/gemm_kernels.cpp, plan_split). Parts of at
+# least 256 columns: M = 1 and 33 keep one part, 5000 and 40000 are split (M = 40000 at D = 256 also spans
+# two packed super-blocks, each split separately).
+FEW_ROWS = [1, 2, 7]
+MANY_COLUMNS = [1, 33, 5000, 40000]
+FEW_ROW_DEPTHS = [1, 17, 256]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dim", FEW_ROW_DEPTHS)
+@pytest.mark.parametrize("m", MANY_COLUMNS)
+@pytest.mark.parametrize("n", FEW_ROWS)
+def test_few_rows_distance_and_topk(variant, metric, n, m, dim):
+    x, y = _pair(n, m, dim)
+    assert_distance_close(reidfast.pairwise_distance(x, y, metric=metric), reference_distance(x, y, metric), metric,
+                          atol=2e-4 * math.sqrt(dim))
+    for k in sorted({1, min(20, m), min(m, 300)}):
+        check_against_reference("cpu", x, y, k, metric, atol=1e-3 * math.sqrt(dim))
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("n", FEW_ROWS)
+@pytest.mark.parametrize("m", [33, 5000, 40000])
+def test_few_rows_exact_ties_go_to_the_smaller_index(variant, metric, n, m):
+    # Small integers in 2 features: few distinct distances, so every k-th neighbour ties with columns in
+    # every part; duplicates of the first columns are planted in the last part.
+    generator = torch.Generator().manual_seed(n * m)
+    x = torch.randint(-2, 3, (n, 2), generator=generator).float()
+    y = torch.randint(-2, 3, (m, 2), generator=generator).float()
+    y[-3:] = y[:3]
+    for k in sorted({1, 9, min(m, 200)}):
+        values, indices = reidfast.topk_distance(x, y, k=k, metric=metric)
+        ref_values, ref_indices = reference_topk(x, y, k, metric)
+        assert torch.equal(indices, ref_indices)
+        assert_close(values, ref_values, atol=1e-6)
+
+
+@pytest.mark.parametrize("m", [40, 5000])
+def test_few_rows_nan_ranks_last_and_ties_by_index(variant, m):
+    # Small integers: exact distances, so the whole ranking is defined (ties to the smaller index).
+    generator = torch.Generator().manual_seed(m)
+    x = torch.randint(-3, 4, (2, 4), generator=generator).float()
+    y = torch.randint(-3, 4, (m, 4), generator=generator).float()
+    y[[3, 7, m // 2, m - 1]] = float("nan")
+    x[1] = float("nan")
+    values, indices = reidfast.topk_distance(x, y, k=m - 2, allow_nonfinite=True)
+    ref_values, ref_indices = reference_topk(x, y, m - 2, "euclidean")
+    assert torch.equal(indices, ref_indices)
+    assert torch.allclose(values, ref_values, equal_nan=True, atol=1e-5)
+    distances = reidfast.pairwise_distance(x, y, allow_nonfinite=True)
+    assert torch.equal(distances.isnan(), reference_distance(x, y).isnan())
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("n", FEW_ROWS)
+def test_few_rows_half_precision(variant, dtype, n):
+    x, y = _pair(n, 5000, 17, dtype=dtype)
+    assert_close(reidfast.pairwise_distance(x, y, metric="cosine"), reference_distance(x, y, "cosine"), atol=1e-4)
+    values, _ = check_against_reference("cpu", x, y, 20, "euclidean", atol=1e-3)
+    assert values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("m", [33, 5000, 40000])
+@pytest.mark.parametrize("n", FEW_ROWS)
+def test_few_rows_batch_hard_mining(variant, metric, n, m):
+    # A few anchors against a large memory bank, the anchors' own rows in it (anchor_index).
+    generator = torch.Generator().manual_seed(n + m)
+    memory = torch.randn(m, 17, generator=generator)
+    memory_labels = torch.randint(0, 5, (m,), generator=generator)
+    anchor_index = torch.arange(n) * (m // n)
+    details, ref = compare_with_reference(
+        "cpu", memory[anchor_index], memory_labels[anchor_index], atol=2e-4, metric=metric, candidates=memory,
+        candidate_labels=memory_labels, anchor_index=anchor_index,
+    )
+
+
+@pytest.mark.parametrize("n", FEW_ROWS)
+@pytest.mark.parametrize("m", [33, 5000, 40000])
+def test_few_rows_batch_hard_exact_ties(variant, n, m):
+    generator = torch.Generator().manual_seed(n + 2 * m)
+    memory = torch.randint(-2, 3, (m, 2), generator=generator).float()
+    memory_labels = torch.randint(0, 3, (m,), generator=generator)
+    anchors = torch.randint(-2, 3, (n, 2), generator=generator).float()
+    anchor_labels = torch.randint(0, 3, (n,), generator=generator)
+    for metric in ("sqeuclidean", "euclidean"):
+        details, ref = compare_with_reference(
+            "cpu", anchors, anchor_labels, atol=1e-5, metric=metric, candidates=memory,
+            candidate_labels=memory_labels, anchor_index=torch.full((n,), -1),
+        )
+        assert torch.equal(details.hardest_positive, ref.hardest_positive)
+        assert torch.equal(details.hardest_negative, ref.hardest_negative)
+
+
+_THREADS_SCRIPT = """
+import os, sys, torch, reidfast
+from test_cpu_gemm_kernels import _pair
+if os.environ.get("REIDFAST_TEST_SET_THREADS"):  # more than OMP_THREAD_LIMIT allows: a short team
+    torch.set_num_threads(int(os.environ["REIDFAST_TEST_SET_THREADS"]))
+n, m, dim, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+x, y = _pair(n, m, dim)
+generator = torch.Generator().manual_seed(m)
+x_small = torch.randint(-2, 3, (n, 3), generator=generator).float()  # exact distances: many exact ties
+y_small = torch.randint(-2, 3, (m, 3), generator=generator).float()
+labels = torch.arange(m) % 7
+with reidfast.use_backend("cpu"):
+    outputs = {"distance": reidfast.pairwise_distance(x, y, metric="euclidean")}
+    for metric in ("euclidean", "cosine", "ties"):
+        if metric == "ties":
+            x, y, metric = x_small, y_small, "sqeuclidean"
+        outputs["topk_" + metric] = reidfast.topk_distance(x, y, k=50, metric=metric)
+        _, details = reidfast.batch_hard_triplet_loss(
+            x, labels[:n], candidates=y, candidate_labels=labels, anchor_index=torch.full((n,), -1),
+            metric=metric, return_details=True)
+        outputs["mine_" + metric] = (details.dist_ap, details.dist_an, details.hardest_positive,
+                                     details.hardest_negative)
+torch.save(outputs, path)
+"""
+
+
+@pytest.mark.parametrize("variant_name", ["avx512", "avx2"])
+def test_column_split_is_bitwise_identical_to_one_thread(variant_name, tmp_path):
+    # One thread is the unsplit path; 5 threads split 1 or 2 tiles into 5 or 2 column parts (also more
+    # threads than this machine has cores, and 2 x 2 grids). Same arithmetic per element, same tie rule:
+    # identical bits.
+    import os
+    import subprocess
+    import sys
+
+    if variant_name not in fused_cpu_kernels():
+        pytest.skip(f"this CPU or build has no {variant_name} micro-kernel")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    for n in (1, 9):
+        results = []
+        for threads in (1, 5):
+            path = tmp_path / f"{n}_{threads}.pt"
+            python_path = os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=python_path, **{CPU_GEMM_ENV: variant_name})
+            subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(n), "40000", "40", str(path)], env=env,
+                           check=True, cwd=tests_dir)
+            results.append(torch.load(path))
+        single, split = results
+        for name in single:
+            for ours, reference in zip(torch.utils._pytree.tree_leaves(split[name]),
+                                       torch.utils._pytree.tree_leaves(single[name])):
+                assert torch.equal(ours, reference), f"{name}, N = {n}"
+
+
+@pytest.mark.parametrize("variant_name", ["avx512", "avx2"])
+def test_a_team_smaller_than_planned_still_computes_everything(variant_name, tmp_path):
+    # torch.set_num_threads(4) under OMP_THREAD_LIMIT=2: the kernels plan for 4 threads and OpenMP gives 2
+    # (as nested parallelism or OMP_DYNAMIC can). The call must notice and rerun, not skip tiles.
+    import os
+    import subprocess
+    import sys
+
+    if variant_name not in fused_cpu_kernels():
+        pytest.skip(f"this CPU or build has no {variant_name} micro-kernel")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    python_path = os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))
+    for n in (1, 64):
+        results = []
+        for extra in ({"OMP_NUM_THREADS": "1"}, {"OMP_THREAD_LIMIT": "2", "REIDFAST_TEST_SET_THREADS": "4"}):
+            path = tmp_path / f"{n}_{len(results)}.pt"
+            env = dict(os.environ, PYTHONPATH=python_path, **{CPU_GEMM_ENV: variant_name}, **extra)
+            subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(n), "5000", "40", str(path)], env=env,
+                           check=True, cwd=tests_dir)
+            results.append(torch.load(path))
+        single, short_team = results
+        for name in single:
+            for ours, reference in zip(torch.utils._pytree.tree_leaves(short_team[name]),
+                                       torch.utils._pytree.tree_leaves(single[name])):
+                assert torch.equal(ours, reference), f"{name}, N = {n}"

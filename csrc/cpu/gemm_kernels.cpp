@@ -7,11 +7,15 @@
 //   threads, then one barrier
 //     each thread, for its own range of MR-row tiles of x, in passes of kPackedXBytes / threads:
 //       pack the pass's tiles (its own buffer, no barrier)
-//       for each block of y panels that stays in L2 (kL2BlockBytes), for each tile of the pass:
+//       for each block of y panels that stays in L2 (kL2BlockBytes) in its column part, for each tile of
+//       the pass:
 //         for each depth chunk (one unless D > 512), for each panel: the micro-kernel (the tile's depth
 //         chunk stays in L1), and after the last chunk the epilogue on the MR x NR tile of dot products
-// Every row sees its columns in increasing order, which the top-k and mining tie rules rely on. Memory:
-// the packed blocks, the norms, and the per-row state of the consumer (top-k reservoir: O(N * k)).
+// Column parts (plan_split): one unless there are fewer tiles than threads; then the threads of a tile
+// each take a share of every super-block, with their own top-k / mining state, merged at the end.
+// Within a part, every row sees its columns in increasing order, which the top-k and mining tie rules rely
+// on. Memory: the packed blocks, the norms, and the per-row state of the consumer (top-k reservoir:
+// O(N * k * parts)).
 #include "gemm_kernels.h"
 
 #include "gemm_internal.h"
@@ -100,6 +104,14 @@ int thread_index() {
   return omp_get_thread_num();
 #else
   return 0;
+#endif
+}
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
 #endif
 }
 
@@ -246,15 +258,44 @@ void check_output(const ArrayView& view, const char* name, int64_t rows, int64_t
             dtype_name(dtype) + " array with unit inner stride");
 }
 
-// Runs `process(strip)` for every (A tile, block of y rows) pair, in the loop order described at the top,
-// then `finish(first_row, end_row)` once per thread for the rows it owns. Each thread owns a fixed range of
-// tiles, so the only barriers are after packing each super-block of y (one for most calls): on a machine
-// shared with other work, a barrier waits for the slowest, possibly descheduled, thread (measured: with a
-// barrier per L2 block, B = 256 / D = 2048 mining steps varied 2x under load). Every row sees its columns
-// in increasing order.
+// How the threads share the work: a grid of row groups (ranges of MR-row tiles) by column parts (each part
+// a share of every super-block's panels). Many rows: one part, the rows split as before. Fewer tiles than
+// threads (a few queries against a large gallery): each tile's columns split in up to threads / tiles parts,
+// none below kMinPartColumns, so the otherwise idle threads share the columns.
+struct WorkSplit {
+  int threads = 1;
+  int64_t row_groups = 1;
+  int parts = 1;  // column parts; part p of thread t is t % parts
+};
+
+constexpr int64_t kMinPartColumns = 256;
+
+WorkSplit plan_split(const IsaKernels& isa, int64_t rows, int64_t cols) {
+  WorkSplit split;
+  const int64_t tiles = std::max<int64_t>(1, (rows + isa.mr - 1) / isa.mr);
+  const int available = max_threads();
+  if (tiles >= available) {
+    split.threads = available;
+    split.row_groups = available;
+    return split;
+  }
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(available / tiles, cols / kMinPartColumns));
+  split.parts = static_cast<int>(parts);
+  split.row_groups = tiles;
+  split.threads = static_cast<int>(tiles * parts);
+  return split;
+}
+
+// Runs `process(strip, part)` for every (A tile, block of y rows) pair, in the loop order described at the
+// top, then `finish(first_row, end_row)` once per thread for a range of rows (after a barrier when the
+// columns are split, so that every part of those rows is complete). Each thread owns a fixed range of tiles
+// and a fixed share of every super-block's panels, so the only barriers are after packing each super-block
+// of y (one for most calls): on a machine shared with other work, a barrier waits for the slowest, possibly
+// descheduled, thread (measured: with a barrier per L2 block, B = 256 / D = 2048 mining steps varied 2x
+// under load). Within one part, every row sees its columns in increasing order.
 template <class Process, class Finish>
 void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool same_input, Metric metric,
-                    const Process& process, const Finish& finish) {
+                    const WorkSplit& split, const Process& process, const Finish& finish) {
   const int64_t rows = x.count, cols = y.count, depth = x.depth;
   if (rows == 0 || cols == 0) {
     finish(0, rows);
@@ -262,11 +303,16 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
   }
   const int mr = isa.mr, nr = isa.nr;
   const int64_t tiles_total = (rows + mr - 1) / mr;
-  const int threads = static_cast<int>(std::min<int64_t>(max_threads(), tiles_total));
+  const int threads = split.threads, parts = split.parts;
+  const int64_t row_groups = split.row_groups;
   const bool cosine = metric == Metric::Cosine;
 
   // Norms by global row / column; y's padded to whole panels (zeros; lengths ones) for the vector loads.
-  std::vector<float> x_sq_norms(static_cast<size_t>(rows)), x_lengths(cosine ? static_cast<size_t>(rows) : 0);
+  // With the columns split, the threads of a row group all pack its tiles: x's norms then per thread, so
+  // that no two threads write the same element.
+  const int64_t x_norm_copies = parts > 1 ? threads : 1;
+  std::vector<float> x_sq_norms(static_cast<size_t>(rows * x_norm_copies));
+  std::vector<float> x_lengths(cosine ? x_sq_norms.size() : 0);
   std::vector<float> y_sq_norms(static_cast<size_t>(round_up(cols, nr)), 0.0f);
   std::vector<float> y_lengths(cosine ? y_sq_norms.size() : 0, 1.0f);
 
@@ -286,27 +332,41 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
 
   Strip base;
   base.depth = depth;
-  base.x_sq_norms = x_sq_norms.data();
   base.y_sq_norms = y_sq_norms.data();
-  base.x_lengths = cosine ? x_lengths.data() : nullptr;
   base.y_lengths = cosine ? y_lengths.data() : nullptr;
   base.metric = metric;
   base.self_diagonal = same_input;
 
+  bool short_team = false;
 #pragma omp parallel num_threads(threads)
-  {
+  if (team_size() != threads) {
+    // Fewer threads than planned (nested parallelism, OMP_DYNAMIC, a thread limit) would leave tiles
+    // unassigned: the whole team skips (the condition is the same for every thread, so no barrier is
+    // mismatched) and the call reruns on one thread below.
+    if (thread_index() == 0) short_team = true;
+  } else {
     const int me = thread_index();
-    const int64_t first_tile = tiles_total * me / threads, end_tile = tiles_total * (me + 1) / threads;
+    const int part = me % parts;
+    const int64_t group = me / parts;
+    const int64_t first_tile = tiles_total * group / row_groups, end_tile = tiles_total * (group + 1) / row_groups;
     float* const own_x = per_thread_buffers + me * per_thread;
     float* const own_scratch = own_x + Workspace::aligned_size(x_floats);
     float* const own_partial = own_scratch + Workspace::aligned_size(scratch_floats);
+    float* const own_x_sq_norms = x_sq_norms.data() + (x_norm_copies > 1 ? me * rows : 0);
+    float* const own_x_lengths = cosine ? x_lengths.data() + (x_norm_copies > 1 ? me * rows : 0) : nullptr;
+    Strip own_base = base;
+    own_base.x_sq_norms = own_x_sq_norms;
+    own_base.x_lengths = own_x_lengths;
     for (int64_t super0 = 0; super0 < cols; super0 += super_cols) {
       const int64_t width = std::min(super_cols, cols - super0);
+      const int64_t panels = (width + nr - 1) / nr;
+      // This part's share of the super-block: whole panels, so blocks start on panel borders.
+      const int64_t share0 = panels * part / parts * nr, share_end = std::min(width, panels * (part + 1) / parts * nr);
       if (super0 > 0) {
 #pragma omp barrier
       }  // every thread is done with the previous super-block before it is overwritten
 #pragma omp for schedule(static)
-      for (int64_t panel = 0; panel < (width + nr - 1) / nr; ++panel) {
+      for (int64_t panel = 0; panel < panels; ++panel) {
         const int64_t col0 = super0 + panel * nr;
         pack(isa, y, col0, std::min<int64_t>(nr, width - panel * nr), nr, packed_y + panel * nr * depth, own_scratch,
              y_sq_norms.data() + col0, cosine ? y_lengths.data() + col0 : nullptr);
@@ -316,24 +376,33 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
         for (int64_t tile = pass0; tile < pass_end; ++tile) {
           const int64_t row0 = tile * mr;
           pack(isa, x, row0, std::min<int64_t>(mr, rows - row0), mr, own_x + (tile - pass0) * mr * depth, own_scratch,
-               x_sq_norms.data() + row0, cosine ? x_lengths.data() + row0 : nullptr);
+               own_x_sq_norms + row0, cosine ? own_x_lengths + row0 : nullptr);
         }
-        for (int64_t block0 = 0; block0 < width; block0 += block_cols) {
+        for (int64_t block0 = share0; block0 < share_end; block0 += block_cols) {
           for (int64_t tile = pass0; tile < pass_end; ++tile) {
-            Strip strip = base;
+            Strip strip = own_base;
             strip.a = own_x + (tile - pass0) * mr * depth;
             strip.row0 = tile * mr;
             strip.rows = std::min<int64_t>(mr, rows - strip.row0);
             strip.b = packed_y + block0 * depth;
             strip.col0 = super0 + block0;
-            strip.cols = std::min(block_cols, width - block0);
+            strip.cols = std::min(block_cols, share_end - block0);
             strip.partial = own_partial;
-            process(strip);
+            process(strip, part);
           }
         }
       }
     }
-    finish(std::min(rows, first_tile * mr), std::min(rows, end_tile * mr));
+    if (parts > 1) {
+#pragma omp barrier
+      // every part of every row is complete; the threads share the finishing by rows
+      finish(rows * me / threads, rows * (me + 1) / threads);
+    } else {
+      finish(std::min(rows, first_tile * mr), std::min(rows, end_tile * mr));
+    }
+  }
+  if (short_team) {  // nothing was written: one thread, one part (the callers' other parts stay empty)
+    for_each_strip(isa, x, y, same_input, metric, WorkSplit{}, process, finish);
   }
 }
 
@@ -353,8 +422,8 @@ void fused_pairwise_distance(const ArrayView& x, const ArrayView& y, Metric metr
   const IsaKernels& isa = select_kernels(kernel);
   gemm::DistanceOut target{out.ptr<float>(), out.stride(0)};
   for_each_strip(
-      isa, Rows(x), Rows(y), same_input, metric, [&](const Strip& strip) { isa.distance_tile(strip, target); },
-      [](int64_t, int64_t) {});
+      isa, Rows(x), Rows(y), same_input, metric, plan_split(isa, x.size(0), y.size(0)),
+      [&](const Strip& strip, int) { isa.distance_tile(strip, target); }, [](int64_t, int64_t) {});
 }
 
 void fused_topk_distance(const ArrayView& x, const ArrayView& y, Metric metric, bool same_input,
@@ -373,32 +442,53 @@ void fused_topk_distance(const ArrayView& x, const ArrayView& y, Metric metric, 
   // selections; up to 1024 more for large k (fewer selections) while staying O(N * k). Measured: larger
   // reservoirs were slower (more appends).
   const int64_t capacity = k + std::max<int64_t>(2 * isa.nr, std::min<int64_t>(k, 1024));
-  std::vector<gemm::TopkEntry> entries(static_cast<size_t>(rows * capacity));
-  std::vector<int32_t> counts(static_cast<size_t>(rows), 0);
-  std::vector<float> thresholds(static_cast<size_t>(rows), std::numeric_limits<float>::quiet_NaN());
-  gemm::TopkRows state;
-  state.k = k;
-  state.capacity = capacity;
-  state.entries = entries.data();
-  state.counts = counts.data();
-  state.thresholds = thresholds.data();
-  state.metric = metric;
-  state.exclude_self = exclude_self;
+  // One reservoir per row and column part (plan_split); the parts' k best are merged by the same key.
+  const WorkSplit split = plan_split(isa, rows, cols);
+  const int64_t parts = split.parts;
+  std::vector<gemm::TopkEntry> entries(static_cast<size_t>(parts * rows * capacity));
+  std::vector<int32_t> counts(static_cast<size_t>(parts * rows), 0);
+  std::vector<float> thresholds(static_cast<size_t>(parts * rows), std::numeric_limits<float>::quiet_NaN());
+  std::vector<gemm::TopkRows> states(static_cast<size_t>(parts));
+  for (int64_t part = 0; part < parts; ++part) {
+    gemm::TopkRows& state = states[part];
+    state.k = k;
+    state.capacity = capacity;
+    state.entries = entries.data() + part * rows * capacity;
+    state.counts = counts.data() + part * rows;
+    state.thresholds = thresholds.data() + part * rows;
+    state.metric = metric;
+    state.exclude_self = exclude_self;
+  }
   float* out_values = values.ptr<float>();
   int64_t* out_indices = indices.ptr<int64_t>();
   const auto finish = [&](int64_t first_row, int64_t end_row) {
+    std::vector<gemm::TopkEntry> merged;
     for (int64_t i = first_row; i < end_row; ++i) {
-      state.select(i);
-      gemm::TopkEntry* first = entries.data() + i * capacity;
-      std::sort(first, first + k, gemm::KeyOrder());
+      const gemm::TopkEntry* best;
+      if (parts == 1) {
+        states[0].select(i);
+        gemm::TopkEntry* first = entries.data() + i * capacity;
+        std::sort(first, first + k, gemm::KeyOrder());
+        best = first;
+      } else {  // keys are distinct (they hold the column): the k smallest of the parts' k best are unique
+        merged.clear();
+        for (const gemm::TopkRows& state : states) {
+          state.select(i);
+          const gemm::TopkEntry* first = state.entries + i * capacity;
+          merged.insert(merged.end(), first, first + std::min<int64_t>(k, state.counts[i]));
+        }
+        std::partial_sort(merged.begin(), merged.begin() + k, merged.end(), gemm::KeyOrder());
+        best = merged.data();
+      }
       for (int64_t r = 0; r < k; ++r) {
-        out_values[i * k + r] = first[r].value;
-        out_indices[i * k + r] = gemm::key_column(first[r].key);
+        out_values[i * k + r] = best[r].value;
+        out_indices[i * k + r] = gemm::key_column(best[r].key);
       }
     }
   };
   for_each_strip(
-      isa, Rows(x), Rows(y), same_input, metric, [&](const Strip& strip) { isa.topk_tile(strip, state); }, finish);
+      isa, Rows(x), Rows(y), same_input, metric, split,
+      [&](const Strip& strip, int part) { isa.topk_tile(strip, states[part]); }, finish);
 }
 
 void fused_batch_hard_mine(const ArrayView& anchors, const ArrayView& candidates, const ArrayView& anchor_labels,
@@ -445,27 +535,54 @@ void fused_batch_hard_mine(const ArrayView& anchors, const ArrayView& candidates
   std::fill(positive, positive + rows, int64_t{-1});
   std::fill(negative, negative + rows, int64_t{-1});
 
-  gemm::MineRows state;
-  state.anchor_labels = ids_a.data();
-  state.candidate_labels = ids_c.data();
-  state.self_index = anchor_index.ptr<int64_t>();
-  state.positive_prekey = positive_prekey.data();
-  state.positive_value = positive_value;
-  state.positive_index = positive;
-  state.negative_prekey = negative_prekey.data();
-  state.negative_value = negative_value;
-  state.negative_index = negative;
-  state.metric = metric;
+  // One running hardest pair per anchor and column part (plan_split): part 0 in the outputs, the others in
+  // `extra`, merged by value, ties to the smaller index (as one pass in increasing column order keeps them).
+  const WorkSplit split = plan_split(isa, rows, cols);
+  const int64_t parts = split.parts;
+  const size_t extra_size = static_cast<size_t>((parts - 1) * rows);
+  std::vector<float> extra_positive_prekey(extra_size, -std::numeric_limits<float>::infinity());
+  std::vector<float> extra_negative_prekey(extra_size, std::numeric_limits<float>::infinity());
+  std::vector<float> extra_positive_value(extra_size, -std::numeric_limits<float>::infinity());
+  std::vector<float> extra_negative_value(extra_size, std::numeric_limits<float>::infinity());
+  std::vector<int64_t> extra_positive(extra_size, -1), extra_negative(extra_size, -1);
+  std::vector<gemm::MineRows> states(static_cast<size_t>(parts));
+  for (int64_t part = 0; part < parts; ++part) {
+    gemm::MineRows& state = states[part];
+    const int64_t offset = (part - 1) * rows;
+    state.anchor_labels = ids_a.data();
+    state.candidate_labels = ids_c.data();
+    state.self_index = anchor_index.ptr<int64_t>();
+    state.positive_prekey = part == 0 ? positive_prekey.data() : extra_positive_prekey.data() + offset;
+    state.positive_value = part == 0 ? positive_value : extra_positive_value.data() + offset;
+    state.positive_index = part == 0 ? positive : extra_positive.data() + offset;
+    state.negative_prekey = part == 0 ? negative_prekey.data() : extra_negative_prekey.data() + offset;
+    state.negative_value = part == 0 ? negative_value : extra_negative_value.data() + offset;
+    state.negative_index = part == 0 ? negative : extra_negative.data() + offset;
+    state.metric = metric;
+  }
   const bool same_input = anchors.data == candidates.data && rows == cols && anchors.stride(0) == candidates.stride(0);
   const auto finish = [&](int64_t first_row, int64_t end_row) {
     for (int64_t i = first_row; i < end_row; ++i) {
+      for (int64_t part = 1; part < parts; ++part) {
+        const gemm::MineRows& other = states[part];
+        const int64_t p = other.positive_index[i], n = other.negative_index[i];
+        const float pv = other.positive_value[i], nv = other.negative_value[i];
+        if (p >= 0 && (positive[i] < 0 || pv > positive_value[i] || (pv == positive_value[i] && p < positive[i]))) {
+          positive_value[i] = pv;
+          positive[i] = p;
+        }
+        if (n >= 0 && (negative[i] < 0 || nv < negative_value[i] || (nv == negative_value[i] && n < negative[i]))) {
+          negative_value[i] = nv;
+          negative[i] = n;
+        }
+      }
       if (positive[i] < 0) positive_value[i] = 0.0f;
       if (negative[i] < 0) negative_value[i] = 0.0f;
     }
   };
   for_each_strip(
-      isa, Rows(anchors), Rows(candidates), same_input, metric,
-      [&](const Strip& strip) { isa.mine_tile(strip, state); }, finish);
+      isa, Rows(anchors), Rows(candidates), same_input, metric, split,
+      [&](const Strip& strip, int part) { isa.mine_tile(strip, states[part]); }, finish);
 }
 
 }  // namespace cpu
