@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .data import ReIDDataset, load_market1501, make_synthetic_reid
 from .eda import REPORT_FILES, dataset_statistics, write_eda_report
 from .evaluation import EvaluatorResult, ReIDEvaluator, ranking_table
+from .ops.evaluation import evaluate
 from .ops.rerank import re_ranking
 from .train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, _resolve_device, build_model, embed_images, train
 from .viz import plot_cmc, plot_ranked_results, plot_tsne
@@ -79,16 +79,17 @@ class _Evaluation:
     result: EvaluatorResult
     query_features: torch.Tensor
     gallery_features: torch.Tensor
+    labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # q_pids, g_pids, q_camids, g_camids
 
 
-def _evaluate(model: torch.nn.Module, dataset: ReIDDataset, config: TrainConfig, rerank: bool,
-              verification: bool, seed: int) -> _Evaluation:
+def _evaluate(model: torch.nn.Module, dataset: ReIDDataset, config: TrainConfig, verification: bool,
+              seed: int) -> _Evaluation:
     query_features, q_pids, q_camids = embed_images(model, dataset.query, config, batch_size=256)
     gallery_features, g_pids, g_camids = embed_images(model, dataset.gallery, config, batch_size=256)
-    evaluator = ReIDEvaluator(rerank=rerank, verification=verification, seed=seed, **DEMO_RERANK)
+    evaluator = ReIDEvaluator(verification=verification, seed=seed)
     evaluator.update(query_features, q_pids, q_camids, is_query=True)
     evaluator.update(gallery_features, g_pids, g_camids, is_query=False)
-    return _Evaluation(evaluator.compute(), query_features, gallery_features)
+    return _Evaluation(evaluator.compute(), query_features, gallery_features, (q_pids, g_pids, q_camids, g_camids))
 
 
 def _write_json_atomically(path: Path, value: Any) -> None:
@@ -143,7 +144,7 @@ def run_demo(out: str | Path = "reidfast-demo", *, epochs: int | None = None, de
     untrained_model = build_model(num_classes, config)  # the same initial weights train() starts from
     device = _resolve_device(config.device)
     untrained_model.to(device)
-    untrained = _evaluate(untrained_model, data_set, config, rerank=False, verification=False, seed=seed)
+    untrained = _evaluate(untrained_model, data_set, config, verification=False, seed=seed)
     del untrained_model
     log(f"[3/7] untrained model: mAP {untrained.result.mAP:.1%}, rank-1 {untrained.result.rank1:.1%}")
     now = stage("baseline", now)
@@ -154,25 +155,21 @@ def run_demo(out: str | Path = "reidfast-demo", *, epochs: int | None = None, de
     model = trained["model"]
     now = stage("train", now)
 
-    final = _evaluate(model, data_set, config, rerank=True, verification=True, seed=seed)
-    result = final.result
+    final = _evaluate(model, data_set, config, verification=True, seed=seed)
+    # Re-ranked once, here: its distances also draw the ranked-results grid.
+    reranked_distances = re_ranking(final.query_features, final.gallery_features, **DEMO_RERANK)
+    result = replace(final.result, reranked=evaluate(reranked_distances, *final.labels, seed=seed))
     log(f"[5/7] trained model: mAP {result.mAP:.1%}; with re-ranking {result.reranked.mAP:.1%}")
     now = stage("evaluate", now)
 
     curves = {"untrained": untrained.result.cmc, "trained": result.cmc, "trained + re-ranking": result.reranked.cmc}
     plot_cmc(curves, out / "cmc.png", title="CMC on the synthetic test set")
-    q_pids = np.array([r.pid for r in data_set.query])
-    g_pids = np.array([r.pid for r in data_set.gallery])
-    q_camids = np.array([r.camid for r in data_set.query])
-    g_camids = np.array([r.camid for r in data_set.gallery])
-    reranked_distances = re_ranking(final.query_features, final.gallery_features, **DEMO_RERANK)
     plot_ranked_results([r.path for r in data_set.query], [r.path for r in data_set.gallery], reranked_distances,
-                        q_pids, g_pids, q_camids, g_camids, out / "ranked_results.png", topk=10, num_queries=8,
-                        cell_size=(64, 32))
-    test_features = torch.cat([final.query_features, final.gallery_features])
-    test_pids = np.concatenate([q_pids, g_pids])
+                        *final.labels, out / "ranked_results.png", topk=10, num_queries=8, cell_size=(64, 32))
+    test_features = torch.cat([final.query_features, final.gallery_features]).cpu()
+    test_pids = torch.cat(final.labels[:2])
     people = test_pids > 0  # t-SNE of the test identities (junk and distractors left out)
-    plot_tsne(test_features[torch.from_numpy(people)], test_pids[people], out / "tsne.png", seed=seed,
+    plot_tsne(test_features[people], test_pids[people], out / "tsne.png", seed=seed,
               title="t-SNE of test embeddings")
     log(f"[6/7] pictures: {', '.join(str(out / name) for name in PICTURES)}")
     now = stage("pictures", now)

@@ -194,14 +194,7 @@ def _validate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: A
         q_camids=_label_vector(q_camids, "q_camids", num_query, "rows (queries)"),
         g_camids=_label_vector(g_camids, "g_camids", num_gallery, "columns (gallery items)"),
     )
-    max_rank = _check_positive_int("max_rank", max_rank)
-    if num_gallery < max_rank:
-        warnings.warn(
-            f"number of gallery samples ({num_gallery}) is smaller than max_rank ({max_rank}); "
-            f"the CMC is cut at rank {num_gallery}",
-            stacklevel=3,
-        )
-        max_rank = num_gallery
+    max_rank = reference.cut_max_rank(_check_positive_int("max_rank", max_rank), num_gallery)
     return distmat_t, _Labels(max_rank=max_rank, **labels)
 
 

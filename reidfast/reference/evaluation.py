@@ -196,6 +196,19 @@ def _check_some_query_valid(num_valid: int) -> None:
         )
 
 
+def cut_max_rank(max_rank: int, num_gallery: int) -> int:
+    """max_rank, or the gallery size when the gallery is smaller (with a warning that the CMC is cut there).
+    Called from an argument check that the public function calls: the warning points at the user's line."""
+    if num_gallery < max_rank:
+        warnings.warn(
+            f"number of gallery samples ({num_gallery}) is smaller than max_rank ({max_rank}); "
+            f"the CMC is cut at rank {num_gallery}",
+            stacklevel=4,
+        )
+        return num_gallery
+    return max_rank
+
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -236,12 +249,5 @@ def _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     g_pids = _as_label_vector("g_pids", g_pids, num_gallery, "columns (gallery items)")
     g_camids = _as_label_vector("g_camids", g_camids, num_gallery, "columns (gallery items)")
     _check_positive_int("max_rank", max_rank)
-    max_rank = int(max_rank)
-    if num_gallery < max_rank:
-        warnings.warn(
-            f"number of gallery samples ({num_gallery}) is smaller than max_rank ({max_rank}); "
-            f"the CMC is cut at rank {num_gallery}",
-            stacklevel=3,
-        )
-        max_rank = num_gallery
+    max_rank = cut_max_rank(int(max_rank), num_gallery)
     return distmat, q_pids, g_pids, q_camids, g_camids, max_rank
