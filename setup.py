@@ -5,6 +5,7 @@ Environment:
     CMAKE_CUDA_ARCHITECTURES      e.g. "80;90" (the default: Ampere and Hopper) or "90"
     CMAKE_BUILD_PARALLEL_LEVEL    parallel compile jobs (default: all cores)
     CMAKE_ARGS                    extra arguments for the CMake configure step
+    REIDFAST_CUDA_EMULATOR=0      skip reidfast._cuda_emulator (the CUDA kernels on a CPU emulator, for tests)
     REIDFAST_DEBUG=1              a Debug build
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
+_MAIN_MODULE = "reidfast._C"
 _CUDA_MODES = {"auto": "AUTO", "1": "ON", "on": "ON", "true": "ON", "0": "OFF", "off": "OFF", "false": "OFF"}
 
 
@@ -31,6 +33,11 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
+        if ext.name != _MAIN_MODULE:  # a second module of the same CMake project: the first build made it
+            built = Path(self.get_ext_fullpath(ext.name))
+            if not built.exists():
+                raise RuntimeError(f"the CMake build did not produce {built}")
+            return
         cmake = shutil.which("cmake")
         if cmake is None:
             raise RuntimeError("building reidfast needs CMake >= 3.18: `pip install cmake` or your system package")
@@ -51,6 +58,8 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DREIDFAST_CUDA={_CUDA_MODES[cuda_mode]}",
         ]
+        if os.environ.get("REIDFAST_CUDA_EMULATOR", "1").strip().lower() in ("0", "off", "false"):
+            configure.append("-DREIDFAST_CUDA_EMULATOR=OFF")
         if os.environ.get("CMAKE_CUDA_ARCHITECTURES"):
             configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CMAKE_CUDA_ARCHITECTURES']}")
         if not os.environ.get("CMAKE_GENERATOR") and shutil.which("ninja"):
@@ -67,4 +76,13 @@ class CMakeBuild(build_ext):
         subprocess.run(build, cwd=build_dir, check=True)
 
 
-setup(ext_modules=[CMakeExtension("reidfast._C")], cmdclass={"build_ext": CMakeBuild})
+def _extensions() -> list[CMakeExtension]:
+    """reidfast._C, then reidfast._cuda_emulator (same CMake project) unless REIDFAST_CUDA_EMULATOR=0."""
+    modules = [CMakeExtension(_MAIN_MODULE)]
+    emulator_off = os.environ.get("REIDFAST_CUDA_EMULATOR", "1").strip().lower() in ("0", "off", "false")
+    if os.name == "posix" and not emulator_off:
+        modules.append(CMakeExtension("reidfast._cuda_emulator"))
+    return modules
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": CMakeBuild})

@@ -108,5 +108,7 @@ def _rounds() -> int:
 
 
 def fast_backends(device: str) -> list[str]:
+    """Backends to time on `device`: never the CUDA emulator (REIDFAST_EMULATE_CUDA=1), a correctness tool."""
     report = reidfast.backends()
-    return [n for n in ("cuda", "triton", "cpu") if report[n].available and device in report[n].devices]
+    return [n for n in ("cuda", "triton", "cpu") if report[n].available and device in report[n].devices
+            and not report[n].details.get("emulated")]

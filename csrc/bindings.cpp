@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "array_binding.h"
 #include "common/array.h"
 #include "cpu/distance.h"
 #include "cpu/triplet.h"
@@ -14,10 +15,8 @@
 #include "cpu/gemm_kernels.h"
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
-#include "cuda/distance.h"
-#include "cuda/triplet.h"
-#include "cuda/topk.h"
-// [includes: cuda]  (marker: add CUDA headers above)
+#include "cuda/distance.h"  // runtime_version() for build_info()
+#include "cuda_bindings.h"
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -31,25 +30,9 @@ using reidfast::Metric;
 #define REIDFAST_STRINGIFY_(x) #x
 #define REIDFAST_STRINGIFY(x) REIDFAST_STRINGIFY_(x)
 
+using reidfast::bindings::to_metric;
+
 namespace {
-
-ArrayView make_view(std::uintptr_t data, int dtype, std::vector<int64_t> shape, std::vector<int64_t> strides,
-                    int device) {
-  reidfast::check(dtype >= 0 && dtype <= static_cast<int>(DType::UInt8), "unknown dtype code " + std::to_string(dtype));
-  reidfast::check(shape.size() == strides.size(), "shape and strides must have the same length");
-  ArrayView view;
-  view.data = reinterpret_cast<void*>(data);
-  view.dtype = static_cast<DType>(dtype);
-  view.shape = std::move(shape);
-  view.strides = std::move(strides);
-  view.device = device;
-  return view;
-}
-
-Metric to_metric(int code) {
-  reidfast::check(code >= 0 && code <= static_cast<int>(Metric::Cosine), "unknown metric code " + std::to_string(code));
-  return static_cast<Metric>(code);
-}
 
 reidfast::cpu::GemmKernel to_gemm_kernel(int code) {
   reidfast::check(code >= 0 && code <= static_cast<int>(reidfast::cpu::GemmKernel::Avx512),
@@ -97,13 +80,7 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "reidfast native kernels (C++/OpenMP, optional CUDA). Internal: use the reidfast package API.";
 
-  py::class_<ArrayView>(m, "ArrayView")
-      .def(py::init(&make_view), py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
-           py::arg("device"))
-      .def_property_readonly("shape", [](const ArrayView& v) { return v.shape; })
-      .def_property_readonly("strides", [](const ArrayView& v) { return v.strides; })
-      .def_property_readonly("device", [](const ArrayView& v) { return v.device; })
-      .def_property_readonly("dtype", [](const ArrayView& v) { return static_cast<int>(v.dtype); });
+  reidfast::bindings::add_array_view(m, /*module_local=*/false);
 
   m.def("build_info", &build_info, "Compiler, OpenMP and CUDA versions this module was built with.");
 
@@ -244,60 +221,6 @@ PYBIND11_MODULE(_C, m) {
   // [bindings: cpu]  (marker: add CPU bindings above)
 
 #ifdef REIDFAST_WITH_CUDA
-  m.def("cuda_device_count", &reidfast::cuda::device_count);
-  m.def(
-      "pairwise_distance_cuda",
-      [](const ArrayView& x, const ArrayView& y, const ArrayView& out, int metric, std::uintptr_t stream) {
-        py::gil_scoped_release release;
-        reidfast::cuda::pairwise_distance(x, y, out, to_metric(metric), stream);
-      },
-      py::arg("x"), py::arg("y"), py::arg("out"), py::arg("metric"), py::arg("stream"));
-
-  m.def("batch_hard_mine_workspace_bytes", &reidfast::cuda::batch_hard_mine_workspace_bytes,
-        py::arg("num_anchors"), py::arg("num_candidates"));
-  m.def(
-      "batch_hard_mine_cuda",
-      [](const ArrayView& anchors, const ArrayView& candidates, const ArrayView& anchor_labels,
-         const ArrayView& candidate_labels, const ArrayView& anchor_index, int metric, const ArrayView& dist_ap,
-         const ArrayView& dist_an, const ArrayView& positive_index, const ArrayView& negative_index,
-         const ArrayView& workspace, std::uintptr_t stream) {
-        py::gil_scoped_release release;
-        reidfast::cuda::batch_hard_mine(anchors, candidates, anchor_labels, candidate_labels, anchor_index,
-                                        to_metric(metric), dist_ap, dist_an, positive_index, negative_index,
-                                        workspace, stream);
-      },
-      py::arg("anchors"), py::arg("candidates"), py::arg("anchor_labels"), py::arg("candidate_labels"),
-      py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"), py::arg("dist_an"), py::arg("positive_index"),
-      py::arg("negative_index"), py::arg("workspace"), py::arg("stream"));
-
-  m.attr("cuda_topk_max_k") = reidfast::cuda::kTopkMaxK;
-  m.def("topk_distance_workspace_bytes", &reidfast::cuda::topk_distance_workspace_bytes);
-  m.def("topk_distance_cuda", [](const ArrayView& x, const ArrayView& y, int64_t k, int metric, bool exclude_self,
-                                 const ArrayView& values, const ArrayView& indices, const ArrayView& workspace,
-                                 std::uintptr_t stream) {
-        py::gil_scoped_release release;
-        reidfast::cuda::topk_distance(x, y, k, to_metric(metric), exclude_self, values, indices, workspace, stream);
-      }, py::arg("x"), py::arg("y"), py::arg("k"), py::arg("metric"), py::arg("exclude_self"), py::arg("values"),
-      py::arg("indices"), py::arg("workspace"), py::arg("stream"));
-
-  m.attr("batch_hard_backward_coefficients_per_anchor") = reidfast::cuda::kBackwardCoefficientsPerAnchor;
-  m.def(
-      "batch_hard_backward_cuda",
-      [](const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
-         const ArrayView& negative_index, const ArrayView& dist_ap, const ArrayView& dist_an, const ArrayView& grad_ap,
-         const ArrayView& grad_an, int metric, bool candidates_are_anchors, const ArrayView& entry_order,
-         const ArrayView& entry_offsets, const ArrayView& coefficients, const ArrayView& grad_anchors,
-         const ArrayView& grad_candidates, std::uintptr_t stream) {
-        py::gil_scoped_release release;
-        reidfast::cuda::batch_hard_backward(anchors, candidates, positive_index, negative_index, dist_ap, dist_an,
-                                            grad_ap, grad_an, to_metric(metric), candidates_are_anchors, entry_order,
-                                            entry_offsets, coefficients, grad_anchors, grad_candidates, stream);
-      },
-      py::arg("anchors"), py::arg("candidates"), py::arg("positive_index"), py::arg("negative_index"),
-      py::arg("dist_ap"), py::arg("dist_an"), py::arg("grad_ap"), py::arg("grad_an"), py::arg("metric"),
-      py::arg("candidates_are_anchors"), py::arg("entry_order"), py::arg("entry_offsets"), py::arg("coefficients"),
-      py::arg("grad_anchors"), py::arg("grad_candidates"), py::arg("stream"));
-
-  // [bindings: cuda]  (marker: add CUDA bindings above)
+  reidfast::bindings::add_cuda_kernels(m);
 #endif
 }

@@ -69,8 +69,23 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-@functools.lru_cache(maxsize=None)
 def _cuda_info() -> BackendInfo:
+    return _cuda_emulator_info() if _native.emulating_cuda() else _cuda_device_info()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_emulator_info() -> BackendInfo:
+    if _native._cuda_emulator is None:
+        return BackendInfo(
+            "cuda", False, f"REIDFAST_EMULATE_CUDA=1, but the CUDA emulator module is not built "
+            f"({_native.EMULATOR_LOAD_ERROR}); rebuild without REIDFAST_CUDA_EMULATOR=0", details={"emulated": True}
+        )
+    return BackendInfo("cuda", True, "CUDA kernels on the CPU emulator (REIDFAST_EMULATE_CUDA=1; slow, for tests)",
+                       ("cpu",), {"emulated": True})
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device_info() -> BackendInfo:
     if not _native.available():
         return BackendInfo("cuda", False, f"native module not loaded ({_native.LOAD_ERROR}); {_native.REBUILD_HINT}")
     build = _native.build_info()

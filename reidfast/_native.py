@@ -5,6 +5,7 @@ The module links no libtorch: it receives raw pointers, dtype codes, shapes and 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
@@ -16,6 +17,14 @@ try:  # a missing or broken build must not break `import reidfast`: the referenc
 except Exception as error:  # ImportError, or OSError from a broken shared library
     _C = None
     LOAD_ERROR = f"{type(error).__name__}: {error}"
+
+try:  # the CUDA kernels compiled for a CPU emulator (csrc/cuda_emulator): tests without a GPU
+    from . import _cuda_emulator  # type: ignore[attr-defined]
+
+    EMULATOR_LOAD_ERROR: str | None = None
+except Exception as error:
+    _cuda_emulator = None
+    EMULATOR_LOAD_ERROR = f"{type(error).__name__}: {error}"
 
 REBUILD_HINT = (
     "build it from source with a C++17 compiler and CMake >= 3.18: `pip install -e .` in a checkout, or "
@@ -55,8 +64,40 @@ def build_info() -> dict[str, Any]:
 
 
 def view(tensor: torch.Tensor) -> Any:
-    """A borrowed _C.ArrayView of `tensor` (valid while the tensor is alive)."""
+    """A _C.ArrayView of `tensor` that keeps the tensor alive: a view of a temporary such as
+    view(labels.to(torch.int64)) stays valid while a kernel call holds it."""
     device = tensor.device.index if tensor.device.type == "cuda" else -1
     if device is None:
         device = torch.cuda.current_device()
-    return _C.ArrayView(tensor.data_ptr(), DTYPE_CODES[tensor.dtype], list(tensor.shape), list(tensor.stride()), device)
+    array = _C.ArrayView(tensor.data_ptr(), DTYPE_CODES[tensor.dtype], list(tensor.shape), list(tensor.stride()), device)
+    array.owner = tensor
+    return array
+
+
+def emulating_cuda() -> bool:
+    """REIDFAST_EMULATE_CUDA=1: the `cuda` backend runs the CUDA kernels on host tensors in the CPU emulator
+    (reidfast._cuda_emulator; slow, for testing the kernels without a GPU, like TRITON_INTERPRET=1)."""
+    return os.environ.get("REIDFAST_EMULATE_CUDA", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cuda_kernels() -> Any:
+    """The module whose *_cuda functions run the CUDA kernels: _C, or _cuda_emulator when emulating."""
+    return _cuda_emulator if emulating_cuda() else _C
+
+
+def cuda_view(tensor: torch.Tensor) -> Any:
+    """view() for cuda_kernels(): when emulating, a host tensor passes as device 0 of the emulator."""
+    if not emulating_cuda():
+        return view(tensor)
+    if tensor.device.type != "cpu":
+        raise ValueError(f"REIDFAST_EMULATE_CUDA=1 runs the CUDA kernels on host tensors, got one on {tensor.device}")
+    array = _cuda_emulator.ArrayView(
+        tensor.data_ptr(), DTYPE_CODES[tensor.dtype], list(tensor.shape), list(tensor.stride()), 0
+    )
+    array.owner = tensor  # as in view()
+    return array
+
+
+def cuda_stream(device: torch.device) -> int:
+    """The current CUDA stream of `device` as an integer for the kernels (0 when emulating)."""
+    return 0 if emulating_cuda() else torch.cuda.current_stream(device).cuda_stream

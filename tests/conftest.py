@@ -1,7 +1,8 @@
 """Shared test fixtures: the device list and the backends usable on each device.
 
-Triton kernels run on CPU tensors under TRITON_INTERPRET=1, which must be set before any kernel module is
-imported; on a machine without CUDA the whole test session sets it.
+Without CUDA the whole test session runs the GPU kernels on CPU tensors: Triton's under TRITON_INTERPRET=1
+(set before any kernel module is imported), the CUDA kernels on reidfast's CPU emulator (REIDFAST_EMULATE_CUDA=1,
+csrc/cuda_emulator). Both are slow: tests keep their shapes small there (`emulated`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("REIDFAST_EMULATE_CUDA", "1")
 
 import pytest  # noqa: E402
 
@@ -27,10 +29,21 @@ def backends_for(device: str, implemented: tuple[str, ...] = ("cuda", "triton", 
     return [name for name in implemented if report[name].available and device in report[name].devices]
 
 
+def emulated(device: str, backend: str) -> bool:
+    """Whether (device, backend) runs GPU kernels on CPU tensors: the Triton interpreter or the CUDA emulator."""
+    return device == "cpu" and backend in ("triton", "cuda")
+
+
+def _backend_marks(device: str, backend: str) -> list:
+    if backend == "triton":
+        return [pytest.mark.triton]
+    return [pytest.mark.cuda_emulator] if emulated(device, backend) else []
+
+
 def device_backend_params(implemented: tuple[str, ...] = ("cuda", "triton", "cpu")) -> list:
     """pytest params (device, backend) for every fast backend usable here, e.g. cpu-cpu, cpu-triton, cuda-cuda."""
     params = [
-        pytest.param(device, name, id=f"{device}-{name}", marks=[pytest.mark.triton] if name == "triton" else [])
+        pytest.param(device, name, id=f"{device}-{name}", marks=_backend_marks(device, name))
         for device in DEVICES
         for name in backends_for(device, implemented)
     ]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reidfast
-from reidfast import _dispatch
+from reidfast import _dispatch, _native
 
 
 def test_report_lists_every_backend_with_a_reason():
@@ -31,6 +31,8 @@ def test_native_module_is_built_when_required():
     build = reidfast.build_info()
     assert build["compiler"] and build["build_type"]
     assert build["openmp"], "CI expects the CPU kernels built with OpenMP"
+    if os.name == "posix":  # the CUDA kernels' tests need the emulator where there is no card
+        assert _native._cuda_emulator is not None, _native.EMULATOR_LOAD_ERROR
 
 
 def test_build_info_records_the_toolchain():
@@ -137,7 +139,8 @@ def test_import_works_without_the_native_module():
         print("ok")
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    environment = {k: v for k, v in os.environ.items() if k != "REIDFAST_EMULATE_CUDA"}  # the real cuda backend
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=environment)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
 
@@ -148,3 +151,23 @@ def test_cli_info_prints_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "backends:" in out and "reference" in out
+
+
+@pytest.mark.skipif(not _native.available(), reason="native module not built")
+def test_views_keep_their_tensor_alive():
+    """A view of a temporary, as in view(labels.to(torch.int64)), must not dangle while a kernel call holds it:
+    the kernel would read freed memory (or write into it)."""
+    import gc
+    import weakref
+
+    makers = [_native.view] + ([_native.cuda_view] if _native.emulating_cuda() else [])
+    for make_view in makers:
+        temporary = torch.arange(6, dtype=torch.int32).to(torch.int64)
+        alive = weakref.ref(temporary)
+        array = make_view(temporary)
+        del temporary
+        gc.collect()
+        assert alive() is not None
+        del array
+        gc.collect()
+        assert alive() is None

@@ -387,10 +387,12 @@ def test_native_cuhk03_pass_rejects_an_offset_past_the_matches():
     pids, camids = torch.tensor([1]), torch.tensor([0])
     g_pids, g_camids, identity = torch.tensor([1, 2, 1]), torch.tensor([1, 1, 1]), torch.tensor([0, 1, 0])
     offsets = torch.tensor([[[2, 0]]])  # pid 1 has 2 matches: offset 2 is out of range
-    view = reidfast._native.view
+    ranks = torch.empty((1, 1), dtype=torch.int64)
+    # Every tensor stays referenced here while the kernel runs: views borrow their memory (an inline
+    # torch.empty would be freed once the views are made, and the kernel would write into freed memory).
+    arrays = (distmat, pids, g_pids, camids, g_camids, identity, offsets, ranks)
     with pytest.raises(ValueError, match="offsets: query 0 samples a match index outside"):
-        reidfast._native._C.evaluate_cuhk03_sampled_ranks_cpu(
-            *(view(t) for t in (distmat, pids, g_pids, camids, g_camids, identity, offsets, torch.empty((1, 1), dtype=torch.int64))))
+        reidfast._native._C.evaluate_cuhk03_sampled_ranks_cpu(*[reidfast._native.view(t) for t in arrays])
 
 
 @pytest.mark.skipif(not NATIVE, reason="native module not built")

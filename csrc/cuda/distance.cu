@@ -47,6 +47,9 @@
 
 #include "cuda_check.h"
 #include "device_math.cuh"
+#include "host_utils.h"
+#include "launch.cuh"
+#include "tile64.cuh"
 
 namespace reidfast {
 namespace cuda {
@@ -54,51 +57,7 @@ namespace {
 
 using namespace device;  // NOLINT: the shared arithmetic of device_math.cuh
 
-constexpr int kTileRows = 64;   // rows of x (out rows) per block
-constexpr int kTileCols = 64;   // rows of y (out columns) per block
-constexpr int kTileDepth = 16;  // features staged per step
-constexpr int kMicroRows = 4;   // out rows per thread
-constexpr int kMicroCols = 4;   // out columns per thread
-constexpr int kThreadsAlongRows = kTileRows / kMicroRows;  // 16
-constexpr int kThreadsAlongCols = kTileCols / kMicroCols;  // 16
-constexpr int kThreads = kThreadsAlongRows * kThreadsAlongCols;  // 256
-constexpr int kSharedPitch = kTileRows + 4;  // padded row of a staged slab, see the header comment
-constexpr int kLoadsPerThread = kTileRows * kTileDepth / kThreads;  // 4
-
-static_assert(kTileRows == kTileCols, "the staging code loads x and y slabs with the same index map");
-static_assert(kTileRows * kTileDepth % kThreads == 0, "every thread stages the same number of elements");
-static_assert(kThreads % kTileDepth == 0, "a thread's staged elements share one feature index");
-static_assert(kSharedPitch % 4 == 0, "16-byte fragment reads need a pitch that is a multiple of 4 words");
-static_assert(kTileRows <= kThreads / 2, "threads [0, 2 * kTileRows) accumulate the norms");
-
-
-// Fetches this thread's kLoadsPerThread elements of the kTileRows x kTileDepth slab of `matrix` that starts
-// at (first_row, first_feature); out-of-range elements become zero.
-template <typename InT>
-__device__ __forceinline__ void fetch_slab(const InT* __restrict__ matrix, int64_t rows, int64_t features,
-                                           int64_t row_stride, int64_t first_row, int64_t first_feature,
-                                           InT (&staged)[kLoadsPerThread]) {
-  const int feature_in_slab = threadIdx.x % kTileDepth;  // the same for all i: kThreads % kTileDepth == 0
-  const int64_t feature = first_feature + feature_in_slab;
-#pragma unroll
-  for (int i = 0; i < kLoadsPerThread; ++i) {
-    const int row_in_slab = (threadIdx.x + i * kThreads) / kTileDepth;
-    const int64_t row = first_row + row_in_slab;
-    staged[i] = (row < rows && feature < features) ? matrix[row * row_stride + feature] : zero_of<InT>();
-  }
-}
-
-// Writes the fetched elements, widened, into the transposed shared slab: slab[feature][row].
-template <typename InT, typename AccT>
-__device__ __forceinline__ void store_slab(const InT (&staged)[kLoadsPerThread],
-                                           AccT (*slab)[kSharedPitch]) {
-  const int feature_in_slab = threadIdx.x % kTileDepth;
-#pragma unroll
-  for (int i = 0; i < kLoadsPerThread; ++i) {
-    const int row_in_slab = (threadIdx.x + i * kThreads) / kTileDepth;
-    slab[feature_in_slab][row_in_slab] = widen(staged[i]);
-  }
-}
+using namespace tile64;  // NOLINT: the shared 64 x 64 tile product
 
 // out[i][j] = metric(x[i], y[j]) for a kTileRows x kTileCols tile per block; a 1-D grid of
 // row_tiles * col_tiles blocks, tile (blockIdx.x / col_tiles, blockIdx.x % col_tiles).
@@ -117,18 +76,10 @@ __global__ void __launch_bounds__(kThreads)
   const int thread_row = threadIdx.x / kThreadsAlongCols;
   const int thread_col = threadIdx.x % kThreadsAlongCols;
 
-  // Which row norm this thread accumulates, if any: threads [0, 64) x rows, [64, 128) y rows.
-  const bool owns_x_norm = threadIdx.x < kTileRows;
-  const bool owns_y_norm = !owns_x_norm && threadIdx.x < kTileRows + kTileCols;
-  const int norm_index = owns_x_norm ? threadIdx.x : threadIdx.x - kTileRows;
+  const NormOwner norm_owner;
   AccT norm = AccT(0);
-
   AccT dots[kMicroRows][kMicroCols];
-#pragma unroll
-  for (int i = 0; i < kMicroRows; ++i) {
-#pragma unroll
-    for (int j = 0; j < kMicroCols; ++j) dots[i][j] = AccT(0);
-  }
+  zero_micro_tile(dots);
 
   InT x_staged[kLoadsPerThread];
   InT y_staged[kLoadsPerThread];
@@ -147,33 +98,13 @@ __global__ void __launch_bounds__(kThreads)
       fetch_slab(y, y_rows, features, y_row_stride, col0, next_feature, y_staged);
     }
 
-    if (owns_x_norm || owns_y_norm) {
-      const AccT (*own_slab)[kSharedPitch] = owns_x_norm ? x_slab : y_slab;
-#pragma unroll
-      for (int k = 0; k < kTileDepth; ++k) {
-        const AccT value = own_slab[k][norm_index];
-        norm = multiply_add(value, value, norm);
-      }
-    }
-
-#pragma unroll
-    for (int k = 0; k < kTileDepth; ++k) {
-      AccT x_fragment[kMicroRows];
-      AccT y_fragment[kMicroCols];
-      load_fragment(&x_slab[k][thread_row * kMicroRows], x_fragment);
-      load_fragment(&y_slab[k][thread_col * kMicroCols], y_fragment);
-#pragma unroll
-      for (int i = 0; i < kMicroRows; ++i) {
-#pragma unroll
-        for (int j = 0; j < kMicroCols; ++j) dots[i][j] = multiply_add(x_fragment[i], y_fragment[j], dots[i][j]);
-      }
-    }
+    multiply_slab(x_slab, y_slab, thread_row, thread_col, norm_owner, norm, dots);
     __syncthreads();  // the next iteration overwrites the slabs
   }
 
   // Epilogue: publish the per-row factors, then each thread finishes its micro-tile.
-  if (owns_x_norm) x_factors[norm_index] = row_factor(norm, metric);
-  if (owns_y_norm) y_factors[norm_index] = row_factor(norm, metric);
+  if (norm_owner.x) x_factors[norm_owner.index] = row_factor(norm, metric);
+  if (norm_owner.y) y_factors[norm_owner.index] = row_factor(norm, metric);
   __syncthreads();
 
   AccT col_factors[kMicroCols];
@@ -194,8 +125,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int64_t ceil_div(int64_t numerator, int64_t denominator) { return (numerator + denominator - 1) / denominator; }
-
 template <typename InT, typename AccT>
 void launch_pairwise_distance(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric,
                               cudaStream_t stream) {
@@ -209,55 +138,18 @@ void launch_pairwise_distance(const ArrayView& x, const ArrayView& y, const Arra
     fail(why.str());
   }
   const unsigned int blocks = static_cast<unsigned int>(row_tiles * col_tiles);
-  pairwise_distance_kernel<InT, AccT><<<blocks, kThreads, 0, stream>>>(
+  const auto kernel = pairwise_distance_kernel<InT, AccT>;
+  REIDFAST_LAUNCH(kernel, blocks, kThreads, 0, stream)(
       x.ptr<const InT>(), y.ptr<const InT>(), out.ptr<AccT>(), x_rows, y_rows, features, x.stride(0), y.stride(0),
       static_cast<int>(col_tiles), metric);
   REIDFAST_CUDA_CHECK(cudaGetLastError());
 }
 
-// Makes `device` current for the guard's lifetime and restores the caller's device afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    REIDFAST_CUDA_CHECK(cudaGetDevice(&previous_device_));
-    if (previous_device_ != device) {
-      REIDFAST_CUDA_CHECK(cudaSetDevice(device));
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(previous_device_);  // best effort: a destructor must not throw
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_device_ = 0;
-  bool switched_ = false;
-};
-
-bool is_floating(DType dtype) {
-  return dtype == DType::Float32 || dtype == DType::Float64 || dtype == DType::Float16 || dtype == DType::BFloat16;
-}
-
 // All argument checks, before any CUDA call (so they also run, and fail clearly, without a GPU).
 void validate(const ArrayView& x, const ArrayView& y, const ArrayView& out, Metric metric) {
-  check_matrix(x, "x", /*want_cuda=*/true);
-  check_matrix(y, "y", /*want_cuda=*/true);
+  check_feature_pair(x, y);
   check_matrix(out, "out", /*want_cuda=*/true);
   std::ostringstream why;
-  if (!is_floating(x.dtype)) {
-    why << "x: expected float32, float64, float16 or bfloat16, got " << dtype_name(x.dtype);
-    fail(why.str());
-  }
-  if (y.dtype != x.dtype) {
-    why << "y: expected dtype " << dtype_name(x.dtype) << " to match x, got " << dtype_name(y.dtype);
-    fail(why.str());
-  }
-  if (y.size(1) != x.size(1)) {
-    why << "y: expected " << x.size(1) << " features per row to match x, got " << y.size(1);
-    fail(why.str());
-  }
   const DType out_dtype = x.dtype == DType::Float64 ? DType::Float64 : DType::Float32;
   if (out.dtype != out_dtype) {
     why << "out: expected dtype " << dtype_name(out_dtype) << " for " << dtype_name(x.dtype) << " inputs, got "

@@ -97,6 +97,9 @@
 
 #include "cuda_check.h"
 #include "device_math.cuh"
+#include "host_utils.h"
+#include "launch.cuh"
+#include "tile64.cuh"
 
 namespace reidfast {
 namespace cuda {
@@ -104,16 +107,8 @@ namespace {
 
 using namespace device;  // NOLINT: the shared arithmetic of device_math.cuh
 
-constexpr int kTileRows = 64;   // rows of x per block
-constexpr int kTileCols = 64;   // rows of y (columns) per tile
-constexpr int kTileDepth = 16;  // features staged per step
-constexpr int kMicroRows = 4;   // tile rows per thread
-constexpr int kMicroCols = 4;   // tile columns per thread
-constexpr int kThreadsAlongRows = kTileRows / kMicroRows;  // 16
-constexpr int kThreadsAlongCols = kTileCols / kMicroCols;  // 16
-constexpr int kThreads = kThreadsAlongRows * kThreadsAlongCols;  // 256
-constexpr int kSharedPitch = kTileRows + 4;  // padded row of a staged slab, see distance.cu
-constexpr int kLoadsPerThread = kTileRows * kTileDepth / kThreads;  // 4
+using namespace tile64;  // NOLINT: the shared 64 x 64 tile product (tile64.cuh)
+
 constexpr int kWarp = 32;
 constexpr int kWarps = kThreads / kWarp;  // 8
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -124,11 +119,6 @@ constexpr int64_t kTargetBlocks = 256;            // plan: blocks to aim for whe
 constexpr int64_t kMinChunkColumnsPerK = 2;       // plan: a chunk covers at least 2k columns
 constexpr int64_t kWorkspaceBytesPerEntry = 16;   // one slot per entry, whatever the dtype
 
-static_assert(kTileRows == kTileCols, "the staging code loads x and y slabs with the same index map");
-static_assert(kTileRows * kTileDepth % kThreads == 0, "every thread stages the same number of elements");
-static_assert(kThreads % kTileDepth == 0, "a thread's staged elements share one feature index");
-static_assert(kSharedPitch % 4 == 0, "16-byte fragment reads need a pitch that is a multiple of 4 words");
-static_assert(kTileRows <= kThreads / 2, "threads [0, 2 * kTileRows) accumulate the norms");
 static_assert(2 * kThreadsAlongCols == kWarp, "a warp spans two thread rows: a row's candidates sit in a half-warp");
 static_assert(kRowsPerWarp == 2 * kMicroRows, "warp w owns thread rows 2w and 2w + 1");
 static_assert(kPending == 2 * kWarp, "merge_pending sorts the pending buffer with two entries per lane");
@@ -136,29 +126,6 @@ static_assert(kPending >= kTileCols, "after a merge, one tile's candidates for a
 static_assert(kPending >= kWarp, "the merge kernel offers groups of kWarp entries");
 
 
-template <typename InT>
-__device__ __forceinline__ void fetch_slab(const InT* __restrict__ matrix, int64_t rows, int64_t features,
-                                           int64_t row_stride, int64_t first_row, int64_t first_feature,
-                                           InT (&staged)[kLoadsPerThread]) {
-  const int feature_in_slab = threadIdx.x % kTileDepth;
-  const int64_t feature = first_feature + feature_in_slab;
-#pragma unroll
-  for (int i = 0; i < kLoadsPerThread; ++i) {
-    const int row_in_slab = (threadIdx.x + i * kThreads) / kTileDepth;
-    const int64_t row = first_row + row_in_slab;
-    staged[i] = (row < rows && feature < features) ? matrix[row * row_stride + feature] : zero_of<InT>();
-  }
-}
-
-template <typename InT, typename AccT>
-__device__ __forceinline__ void store_slab(const InT (&staged)[kLoadsPerThread], AccT (*slab)[kSharedPitch]) {
-  const int feature_in_slab = threadIdx.x % kTileDepth;
-#pragma unroll
-  for (int i = 0; i < kLoadsPerThread; ++i) {
-    const int row_in_slab = (threadIdx.x + i * kThreads) / kTileDepth;
-    slab[feature_in_slab][row_in_slab] = widen(staged[i]);
-  }
-}
 
 // ---- ranked entries ------------------------------------------------------------------------------------
 
@@ -299,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) AccT y_slab[kTileDepth][kSharedPitch];
   __shared__ AccT x_factors[kTileRows];
   __shared__ AccT y_factors[kTileCols];
-  extern __shared__ __align__(16) unsigned char topk_shared[];
+  REIDFAST_DYNAMIC_SHARED(topk_shared);
   Entry* const pending = reinterpret_cast<Entry*>(topk_shared);  // [kTileRows][kPending]
   Entry* const thresholds = pending + kTileRows * kPending;        // [kTileRows]
   const int warp = threadIdx.x / kWarp;
@@ -330,9 +297,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncwarp();
 
-  const bool owns_x_norm = threadIdx.x < kTileRows;
-  const bool owns_y_norm = !owns_x_norm && threadIdx.x < kTileRows + kTileCols;
-  const int norm_index = owns_x_norm ? threadIdx.x : threadIdx.x - kTileRows;
+  const NormOwner norm_owner;
 
   // This lane's half-warp holds the candidates of tile row thread_row * 4 + i (i = 0..3).
   const unsigned half_mask = (lane < kThreadsAlongCols) ? 0x0000ffffu : 0xffff0000u;
@@ -350,11 +315,7 @@ __global__ void __launch_bounds__(kThreads)
 
     AccT norm = AccT(0);
     AccT dots[kMicroRows][kMicroCols];
-#pragma unroll
-    for (int i = 0; i < kMicroRows; ++i) {
-#pragma unroll
-      for (int j = 0; j < kMicroCols; ++j) dots[i][j] = AccT(0);
-    }
+    zero_micro_tile(dots);
 
     for (int64_t first_feature = 0; first_feature < features; first_feature += kTileDepth) {
       store_slab(x_staged, x_slab);
@@ -371,32 +332,12 @@ __global__ void __launch_bounds__(kThreads)
         fetch_slab(y, y_rows, features, y_row_stride, col0 + kTileCols, 0, y_staged);
       }
 
-      if (owns_x_norm || owns_y_norm) {
-        const AccT (*own_slab)[kSharedPitch] = owns_x_norm ? x_slab : y_slab;
-#pragma unroll
-        for (int kk = 0; kk < kTileDepth; ++kk) {
-          const AccT value = own_slab[kk][norm_index];
-          norm = multiply_add(value, value, norm);
-        }
-      }
-
-#pragma unroll
-      for (int kk = 0; kk < kTileDepth; ++kk) {
-        AccT x_fragment[kMicroRows];
-        AccT y_fragment[kMicroCols];
-        load_fragment(&x_slab[kk][thread_row * kMicroRows], x_fragment);
-        load_fragment(&y_slab[kk][thread_col * kMicroCols], y_fragment);
-#pragma unroll
-        for (int i = 0; i < kMicroRows; ++i) {
-#pragma unroll
-          for (int j = 0; j < kMicroCols; ++j) dots[i][j] = multiply_add(x_fragment[i], y_fragment[j], dots[i][j]);
-        }
-      }
+      multiply_slab(x_slab, y_slab, thread_row, thread_col, norm_owner, norm, dots);
       __syncthreads();  // the next iteration overwrites the slabs
     }
 
-    if (owns_x_norm) x_factors[norm_index] = row_factor(norm, metric);
-    if (owns_y_norm) y_factors[norm_index] = row_factor(norm, metric);
+    if (norm_owner.x) x_factors[norm_owner.index] = row_factor(norm, metric);
+    if (norm_owner.y) y_factors[norm_owner.index] = row_factor(norm, metric);
     __syncthreads();
 
     AccT col_factors[kMicroCols];
@@ -504,7 +445,7 @@ __global__ void __launch_bounds__(kThreads)
     topk_merge_kernel(typename Ranked<AccT>::Entry* lists, int64_t x_rows, int k, int chunks,
                       AccT* __restrict__ values, int64_t* __restrict__ indices) {
   using Entry = typename Ranked<AccT>::Entry;
-  extern __shared__ __align__(16) unsigned char topk_shared[];
+  REIDFAST_DYNAMIC_SHARED(topk_shared);
   const int warp = threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   Entry* const pending = reinterpret_cast<Entry*>(topk_shared) + warp * (kPending + k + 1);
@@ -548,7 +489,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side -------------------------------------------------------------------------------------------
 
-int64_t ceil_div(int64_t numerator, int64_t denominator) { return (numerator + denominator - 1) / denominator; }
 
 struct Plan {
   int64_t row_tiles = 0;
@@ -571,31 +511,6 @@ Plan plan_for(int64_t num_rows, int64_t num_cols, int64_t k) {
   plan.chunks = ceil_div(plan.col_tiles, plan.tiles_per_chunk);  // every chunk has at least one tile
   plan.workspace_bytes = num_rows * plan.chunks * k * kWorkspaceBytesPerEntry;
   return plan;
-}
-
-// Makes `device` current for the guard's lifetime and restores the caller's device afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    REIDFAST_CUDA_CHECK(cudaGetDevice(&previous_device_));
-    if (previous_device_ != device) {
-      REIDFAST_CUDA_CHECK(cudaSetDevice(device));
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(previous_device_);  // best effort: a destructor must not throw
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_device_ = 0;
-  bool switched_ = false;
-};
-
-bool is_floating(DType dtype) {
-  return dtype == DType::Float32 || dtype == DType::Float64 || dtype == DType::Float16 || dtype == DType::BFloat16;
 }
 
 // An (N, k) contiguous output of `dtype` on `device`.
@@ -623,21 +538,8 @@ void check_output(const ArrayView& a, const char* name, int64_t rows, int64_t k,
 // All argument checks, before any CUDA call (so they also run, and fail clearly, without a GPU).
 Plan validate(const ArrayView& x, const ArrayView& y, int64_t k, Metric metric, bool exclude_self,
               const ArrayView& values, const ArrayView& indices, const ArrayView& workspace) {
-  check_matrix(x, "x", /*want_cuda=*/true);
-  check_matrix(y, "y", /*want_cuda=*/true);
+  check_feature_pair(x, y);
   std::ostringstream why;
-  if (!is_floating(x.dtype)) {
-    why << "x: expected float32, float64, float16 or bfloat16, got " << dtype_name(x.dtype);
-    fail(why.str());
-  }
-  if (y.dtype != x.dtype) {
-    why << "y: expected dtype " << dtype_name(x.dtype) << " to match x, got " << dtype_name(y.dtype);
-    fail(why.str());
-  }
-  if (y.size(1) != x.size(1)) {
-    why << "y: expected " << x.size(1) << " features per row to match x, got " << y.size(1);
-    fail(why.str());
-  }
   if (y.device != x.device) {
     why << "y: expected device cuda:" << x.device << " (that of x), got cuda:" << y.device;
     fail(why.str());
@@ -667,34 +569,10 @@ Plan validate(const ArrayView& x, const ArrayView& y, int64_t k, Metric metric, 
   check_output(indices, "indices", num_rows, k, DType::Int64, x.device);
 
   const Plan plan = plan_for(num_rows, num_cols, k);
-  if (workspace.ndim() != 1) {
-    why << "workspace: expected a 1-D array, got " << workspace.ndim() << "-D";
-    fail(why.str());
-  }
-  if (workspace.dtype != DType::UInt8) {
-    why << "workspace: expected dtype uint8, got " << dtype_name(workspace.dtype);
-    fail(why.str());
-  }
-  if (workspace.size(0) < plan.workspace_bytes) {
-    why << "workspace: expected at least " << plan.workspace_bytes << " bytes (topk_distance_workspace_bytes("
-        << num_rows << ", " << num_cols << ", " << k << ")), got " << workspace.size(0);
-    fail(why.str());
-  }
-  if (plan.workspace_bytes > 0) {
-    if (workspace.size(0) > 1 && workspace.stride(0) != 1) {
-      why << "workspace: expected a contiguous array (stride 1), got stride " << workspace.stride(0);
-      fail(why.str());
-    }
-    if (!workspace.on_cuda() || workspace.device != x.device) {
-      why << "workspace: expected CUDA memory on device cuda:" << x.device << " (that of x)";
-      fail(why.str());
-    }
-    if (reinterpret_cast<std::uintptr_t>(workspace.data) % 16 != 0) {
-      why << "workspace: expected a 16-byte aligned address (a fresh allocation), got offset "
-          << reinterpret_cast<std::uintptr_t>(workspace.data) % 16;
-      fail(why.str());
-    }
-  }
+  check_workspace(workspace, plan.workspace_bytes,
+                  "topk_distance_workspace_bytes(" + std::to_string(num_rows) + ", " + std::to_string(num_cols) +
+                      ", " + std::to_string(k) + ")",
+                  x.device, "x", 16);
   if (plan.row_tiles > INT_MAX || ceil_div(num_rows, kMergeRowsPerBlock) > INT_MAX) {
     why << "x: " << num_rows << " rows need more blocks than one CUDA launch can cover; split x";
     fail(why.str());
@@ -720,9 +598,10 @@ void launch_topk(const ArrayView& x, const ArrayView& y, int64_t k, Metric metri
   Entry* const lists = workspace.ptr<Entry>();
 
   const int64_t scan_bytes = scan_shared_bytes<Entry>(k);
-  allow_shared_bytes(topk_scan_kernel<InT, AccT>, scan_bytes);
+  const auto scan = topk_scan_kernel<InT, AccT>;
+  allow_shared_bytes(scan, scan_bytes);
   const dim3 scan_grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.chunks));
-  topk_scan_kernel<InT, AccT><<<scan_grid, kThreads, static_cast<size_t>(scan_bytes), stream>>>(
+  REIDFAST_LAUNCH(scan, scan_grid, kThreads, static_cast<size_t>(scan_bytes), stream)(
       x.ptr<const InT>(), y.ptr<const InT>(), x_rows, y_rows, x.size(1), x.stride(0), y.stride(0),
       static_cast<int>(k), static_cast<int>(plan.tiles_per_chunk), static_cast<int>(plan.col_tiles), metric,
       exclude_self, lists, values.ptr<AccT>(), indices.ptr<int64_t>());
@@ -730,9 +609,10 @@ void launch_topk(const ArrayView& x, const ArrayView& y, int64_t k, Metric metri
 
   if (plan.chunks > 1) {
     const int64_t merge_bytes = merge_shared_bytes<Entry>(k);
-    allow_shared_bytes(topk_merge_kernel<AccT>, merge_bytes);
+    const auto merge = topk_merge_kernel<AccT>;
+    allow_shared_bytes(merge, merge_bytes);
     const unsigned merge_blocks = static_cast<unsigned>(ceil_div(x_rows, kMergeRowsPerBlock));
-    topk_merge_kernel<AccT><<<merge_blocks, kThreads, static_cast<size_t>(merge_bytes), stream>>>(
+    REIDFAST_LAUNCH(merge, merge_blocks, kThreads, static_cast<size_t>(merge_bytes), stream)(
         lists, x_rows, static_cast<int>(k), static_cast<int>(plan.chunks), values.ptr<AccT>(),
         indices.ptr<int64_t>());
     REIDFAST_CUDA_CHECK(cudaGetLastError());

@@ -72,6 +72,8 @@
 
 #include "cuda_check.h"
 #include "device_math.cuh"
+#include "host_utils.h"
+#include "launch.cuh"
 
 namespace reidfast {
 namespace cuda {
@@ -501,7 +503,6 @@ __global__ void __launch_bounds__(kFillThreads) fill_empty_kernel(MineTargets<Ac
 
 // ---- host side -------------------------------------------------------------------------------------------
 
-int64_t ceil_div(int64_t numerator, int64_t denominator) { return (numerator + denominator - 1) / denominator; }
 
 struct Plan {
   int tile = 0;               // 64, 32 or 16 (TileConfig::kTile)
@@ -536,31 +537,6 @@ Plan make_plan(int64_t num_anchors, int64_t num_candidates, int tile, int64_t ch
 
 Plan plan_for(int64_t num_anchors, int64_t num_candidates) {
   return make_plan(num_anchors, num_candidates, choose_tile(num_anchors, num_candidates), 0);
-}
-
-// Makes `device` current for the guard's lifetime and restores the caller's device afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    REIDFAST_CUDA_CHECK(cudaGetDevice(&previous_device_));
-    if (previous_device_ != device) {
-      REIDFAST_CUDA_CHECK(cudaSetDevice(device));
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(previous_device_);  // best effort: a destructor must not throw
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_device_ = 0;
-  bool switched_ = false;
-};
-
-bool is_floating(DType dtype) {
-  return dtype == DType::Float32 || dtype == DType::Float64 || dtype == DType::Float16 || dtype == DType::BFloat16;
 }
 
 // A contiguous CUDA vector of `length` elements of `dtype` on `device`.
@@ -651,34 +627,10 @@ Plan validate(const ArrayView& anchors, const ArrayView& candidates, const Array
 
   Plan plan;
   if (num_anchors > 0 && num_candidates > 0) plan = plan_for(num_anchors, num_candidates);
-  if (workspace.ndim() != 1) {
-    why << "workspace: expected a 1-D array, got " << workspace.ndim() << "-D";
-    fail(why.str());
-  }
-  if (workspace.dtype != DType::UInt8) {
-    why << "workspace: expected dtype uint8, got " << dtype_name(workspace.dtype);
-    fail(why.str());
-  }
-  if (workspace.size(0) < plan.workspace_bytes) {
-    why << "workspace: expected at least " << plan.workspace_bytes << " bytes (batch_hard_mine_workspace_bytes("
-        << num_anchors << ", " << num_candidates << ")), got " << workspace.size(0);
-    fail(why.str());
-  }
-  if (plan.workspace_bytes > 0) {
-    if (workspace.size(0) > 1 && workspace.stride(0) != 1) {
-      why << "workspace: expected a contiguous array (stride 1), got stride " << workspace.stride(0);
-      fail(why.str());
-    }
-    if (!workspace.on_cuda() || workspace.device != device) {
-      why << "workspace: expected CUDA memory on device cuda:" << device << " (that of anchors)";
-      fail(why.str());
-    }
-    if (reinterpret_cast<std::uintptr_t>(workspace.data) % 8 != 0) {
-      why << "workspace: expected an 8-byte aligned address (a fresh allocation), got offset "
-          << reinterpret_cast<std::uintptr_t>(workspace.data) % 8;
-      fail(why.str());
-    }
-  }
+  check_workspace(workspace, plan.workspace_bytes,
+                  "batch_hard_mine_workspace_bytes(" + std::to_string(num_anchors) + ", " +
+                      std::to_string(num_candidates) + ")",
+                  device, "anchors", 8);
   return plan;
 }
 
@@ -715,7 +667,7 @@ void launch_mine(const ArrayView& anchors, const ArrayView& candidates, const Ar
   }
   const unsigned int blocks = static_cast<unsigned int>(blocks64);
   const auto mine = batch_hard_mine_kernel<Config, InT, AccT>;
-  mine<<<blocks, kThreads, 0, stream>>>(
+  REIDFAST_LAUNCH(mine, blocks, kThreads, 0, stream)(
       anchors.ptr<const InT>(), candidates.ptr<const InT>(), anchor_labels.ptr<const int64_t>(),
       candidate_labels.ptr<const int64_t>(), anchor_index.ptr<const int64_t>(), anchors.size(0),
       static_cast<int>(candidates.size(0)), anchors.size(1), anchors.stride(0), candidates.stride(0),
@@ -726,7 +678,8 @@ void launch_mine(const ArrayView& anchors, const ArrayView& candidates, const Ar
     const unsigned int reduce_blocks =
         static_cast<unsigned int>(ceil_div(anchors.size(0), kReduceThreads / kWarp));
     const auto reduce = reduce_chunks_kernel<AccT>;
-    reduce<<<reduce_blocks, kReduceThreads, 0, stream>>>(targets, anchors.size(0), static_cast<int>(plan.chunks));
+    REIDFAST_LAUNCH(reduce, reduce_blocks, kReduceThreads, 0, stream)(targets, anchors.size(0),
+                                                                      static_cast<int>(plan.chunks));
     REIDFAST_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -743,7 +696,7 @@ void launch_typed(const ArrayView& anchors, const ArrayView& candidates, const A
   if (candidates.size(0) == 0) {
     const unsigned int blocks = static_cast<unsigned int>(ceil_div(num_anchors, kFillThreads));
     const auto fill = fill_empty_kernel<AccT>;
-    fill<<<blocks, kFillThreads, 0, stream>>>(targets, num_anchors);
+    REIDFAST_LAUNCH(fill, blocks, kFillThreads, 0, stream)(targets, num_anchors);
     REIDFAST_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -1054,7 +1007,7 @@ void launch_backward_typed(const ArrayView& anchors, const ArrayView& rows, cons
   if (num_anchors > 0) {
     const unsigned int blocks = static_cast<unsigned int>(ceil_div(num_anchors, kBackwardRowsPerBlock));
     const auto pairs = pair_coefficients_kernel<InT, AccT>;
-    pairs<<<blocks, kBackwardThreads, 0, stream>>>(
+    REIDFAST_LAUNCH(pairs, blocks, kBackwardThreads, 0, stream)(
         anchors.ptr<const InT>(), rows.ptr<const InT>(), positive_index.ptr<const int64_t>(),
         negative_index.ptr<const int64_t>(), dist_ap.ptr<const AccT>(), dist_an.ptr<const AccT>(),
         grad_ap.ptr<const AccT>(), grad_an.ptr<const AccT>(), num_anchors, features, anchors.stride(0),
@@ -1065,7 +1018,7 @@ void launch_backward_typed(const ArrayView& anchors, const ArrayView& rows, cons
   if (num_rows > 0) {
     const unsigned int blocks = static_cast<unsigned int>(ceil_div(num_rows, kBackwardRowsPerBlock));
     const auto chosen = chosen_rows_kernel<InT, AccT>;
-    chosen<<<blocks, kBackwardThreads, 0, stream>>>(
+    REIDFAST_LAUNCH(chosen, blocks, kBackwardThreads, 0, stream)(
         anchors.ptr<const InT>(), rows.ptr<const InT>(), positive_index.ptr<const int64_t>(),
         negative_index.ptr<const int64_t>(), entry_order.ptr<const int64_t>(), entry_offsets.ptr<const int64_t>(),
         num_anchors, num_rows, features, anchors.stride(0), rows.stride(0), metric, rows_are_anchors,

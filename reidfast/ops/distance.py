@@ -110,9 +110,9 @@ def _pairwise_distance_cpu(x: torch.Tensor, y: torch.Tensor, metric: str) -> tor
 def _pairwise_distance_cuda(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
     x, y = _unit_inner_stride(x), _unit_inner_stride(y)
     out = torch.empty((x.shape[0], y.shape[0]), dtype=_output_dtype(x.dtype), device=x.device)
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    _native._C.pairwise_distance_cuda(
-        _native.view(x), _native.view(y), _native.view(out), _native.METRIC_CODES[metric], stream
+    view = _native.cuda_view
+    _native.cuda_kernels().pairwise_distance_cuda(
+        view(x), view(y), view(out), _native.METRIC_CODES[metric], _native.cuda_stream(x.device)
     )
     return out
 

@@ -83,18 +83,19 @@ def _topk_triton(x, y, k, metric, exclude_self):
 
 @TOPK_DISTANCE.register("cuda")
 def _topk_cuda(x, y, k, metric, exclude_self):
-    if k > _native._C.cuda_topk_max_k:
+    kernels = _native.cuda_kernels()
+    if k > kernels.cuda_topk_max_k:
         return _topk_chunked(x, y, k, metric, exclude_self)
     x, y = _unit_inner_stride(x), _unit_inner_stride(y)
     values = torch.empty((x.shape[0], k), dtype=_output_dtype(x.dtype), device=x.device)
     indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
     workspace = torch.empty(
-        _native._C.topk_distance_workspace_bytes(x.shape[0], y.shape[0], k), dtype=torch.uint8, device=x.device
+        kernels.topk_distance_workspace_bytes(x.shape[0], y.shape[0], k), dtype=torch.uint8, device=x.device
     )
-    view = _native.view
-    _native._C.topk_distance_cuda(
+    view = _native.cuda_view
+    kernels.topk_distance_cuda(
         view(x), view(y), k, _native.METRIC_CODES[metric], exclude_self, view(values), view(indices), view(workspace),
-        torch.cuda.current_stream(x.device).cuda_stream,
+        _native.cuda_stream(x.device),
     )
     return values, indices
 

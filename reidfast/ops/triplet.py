@@ -109,15 +109,16 @@ def _mine_cuda(anchors, candidates, anchor_labels, candidate_labels, anchor_inde
     dist_an = torch.empty(num_anchors, dtype=dtype, device=device)
     positive = torch.empty(num_anchors, dtype=torch.int64, device=device)
     negative = torch.empty(num_anchors, dtype=torch.int64, device=device)
+    kernels = _native.cuda_kernels()
     workspace = torch.empty(
-        _native._C.batch_hard_mine_workspace_bytes(num_anchors, candidates.shape[0]), dtype=torch.uint8, device=device
+        kernels.batch_hard_mine_workspace_bytes(num_anchors, candidates.shape[0]), dtype=torch.uint8, device=device
     )
-    view = _native.view
-    _native._C.batch_hard_mine_cuda(
+    view = _native.cuda_view
+    kernels.batch_hard_mine_cuda(
         view(anchors), view(candidates), view(anchor_labels.to(torch.int64).contiguous()),
         view(candidate_labels.to(torch.int64).contiguous()), view(anchor_index.to(torch.int64).contiguous()),
         _native.METRIC_CODES[metric], view(dist_ap), view(dist_an), view(positive), view(negative), view(workspace),
-        torch.cuda.current_stream(device).cuda_stream,
+        _native.cuda_stream(device),
     )
     return dist_ap, dist_an, positive, negative
 
@@ -190,15 +191,16 @@ def _backward_cuda(anchors, candidates, dist_ap, dist_an, positive, negative, gr
     rows = anchors if same_rows else candidates
     (num_anchors, dim), device = anchors.shape, anchors.device
     entry_order, entry_offsets = _hardest_pair_inverse(positive, negative, rows.shape[0])
-    per_anchor = _native._C.batch_hard_backward_coefficients_per_anchor  # scratch layout: csrc/cuda/triplet.h
+    kernels = _native.cuda_kernels()
+    per_anchor = kernels.batch_hard_backward_coefficients_per_anchor  # scratch layout: csrc/cuda/triplet.h
     coefficients = torch.empty(per_anchor * num_anchors, dtype=dist_ap.dtype, device=device)
     grad_anchors = torch.empty((num_anchors, dim), dtype=anchors.dtype, device=device)
     grad_rows = grad_anchors if same_rows else torch.empty((rows.shape[0], dim), dtype=rows.dtype, device=device)
-    view = _native.view
-    _native._C.batch_hard_backward_cuda(
+    view = _native.cuda_view
+    kernels.batch_hard_backward_cuda(
         view(anchors), view(rows), view(positive), view(negative), view(dist_ap), view(dist_an), view(grad_ap),
         view(grad_an), _native.METRIC_CODES[metric], same_rows, view(entry_order), view(entry_offsets),
-        view(coefficients), view(grad_anchors), view(grad_rows), torch.cuda.current_stream(device).cuda_stream,
+        view(coefficients), view(grad_anchors), view(grad_rows), _native.cuda_stream(device),
     )
     return grad_anchors, None if same_rows else grad_rows
 
