@@ -58,7 +58,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DREIDFAST_CUDA={_CUDA_MODES[cuda_mode]}",
         ]
-        if os.environ.get("REIDFAST_CUDA_EMULATOR", "1").strip().lower() in ("0", "off", "false"):
+        if not _emulator_enabled():
             configure.append("-DREIDFAST_CUDA_EMULATOR=OFF")
         if os.environ.get("CMAKE_CUDA_ARCHITECTURES"):
             configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CMAKE_CUDA_ARCHITECTURES']}")
@@ -76,11 +76,16 @@ class CMakeBuild(build_ext):
         subprocess.run(build, cwd=build_dir, check=True)
 
 
+def _emulator_enabled() -> bool:
+    """Build reidfast._cuda_emulator: on Linux (ucontext / x86-64 stack switch), unless REIDFAST_CUDA_EMULATOR=0."""
+    requested = os.environ.get("REIDFAST_CUDA_EMULATOR", "1").strip().lower() not in ("0", "off", "false")
+    return requested and sys.platform.startswith("linux")
+
+
 def _extensions() -> list[CMakeExtension]:
-    """reidfast._C, then reidfast._cuda_emulator (same CMake project) unless REIDFAST_CUDA_EMULATOR=0."""
+    """reidfast._C, then reidfast._cuda_emulator (the same CMake project builds both)."""
     modules = [CMakeExtension(_MAIN_MODULE)]
-    emulator_off = os.environ.get("REIDFAST_CUDA_EMULATOR", "1").strip().lower() in ("0", "off", "false")
-    if os.name == "posix" and not emulator_off:
+    if _emulator_enabled():
         modules.append(CMakeExtension("reidfast._cuda_emulator"))
     return modules
 

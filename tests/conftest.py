@@ -2,7 +2,7 @@
 
 Without CUDA the whole test session runs the GPU kernels on CPU tensors: Triton's under TRITON_INTERPRET=1
 (set before any kernel module is imported), the CUDA kernels on reidfast's CPU emulator (REIDFAST_EMULATE_CUDA=1,
-csrc/cuda_emulator). Both are slow: tests keep their shapes small there (`emulated`).
+csrc/cuda_emulator). The interpreter is slow: tests keep Triton's shapes small on CPU.
 """
 from __future__ import annotations
 
@@ -29,15 +29,10 @@ def backends_for(device: str, implemented: tuple[str, ...] = ("cuda", "triton", 
     return [name for name in implemented if report[name].available and device in report[name].devices]
 
 
-def emulated(device: str, backend: str) -> bool:
-    """Whether (device, backend) runs GPU kernels on CPU tensors: the Triton interpreter or the CUDA emulator."""
-    return device == "cpu" and backend in ("triton", "cuda")
-
-
 def _backend_marks(device: str, backend: str) -> list:
     if backend == "triton":
         return [pytest.mark.triton]
-    return [pytest.mark.cuda_emulator] if emulated(device, backend) else []
+    return [pytest.mark.cuda_emulator] if (device, backend) == ("cpu", "cuda") else []
 
 
 def device_backend_params(implemented: tuple[str, ...] = ("cuda", "triton", "cpu")) -> list:
