@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking: the native ("cpu") and device-resident ("torch") backends vs the reference.
+"""k-reciprocal re-ranking: the native ("cpu") and device-resident ("cuda", "torch") backends vs the reference.
 
     python -m pytest benchmarks/test_bench_rerank.py --benchmark-json=bench.json
     python benchmarks/report.py bench.json
@@ -14,7 +14,8 @@ Sizes "Q,G,D;...":
                                          timed, with the process's peak RSS (the Q x G output alone is 3.6 GiB;
                                          distances-in would need g_g = 25 GiB, more than a 24 GB machine has).
 On CPU the providers are "cpu" (the default there) and "torch" (forced onto CPU tensors); on a CUDA machine
-"torch" (the default for CUDA inputs) also runs on CUDA tensors. Market-scale runs take a while:
+"cuda" (the default for CUDA inputs: the torch pipeline with the CUDA Jaccard kernel) and "torch" run on CUDA
+tensors. Market-scale runs take a while:
 REIDFAST_BENCH_ROUNDS=1 keeps them to a few calls each.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _parse(spec: str) -> list[tuple[int, int, int]]:
 
 def _fast_providers(device: str) -> list[str]:
     report = reidfast.backends()
-    usable = [n for n in ("cpu", "torch") if report[n].available and device in report[n].devices]
+    usable = [n for n in ("cuda", "cpu", "torch") if report[n].available and device in report[n].devices
+              and not report[n].details.get("emulated")]
     return [n for n in usable if not PROVIDER_FILTER or n in PROVIDER_FILTER]
 
 

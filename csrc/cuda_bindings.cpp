@@ -6,6 +6,7 @@
 #include "array_binding.h"
 #include "common/array.h"
 #include "cuda/distance.h"
+#include "cuda/rerank.h"
 #include "cuda/topk.h"
 #include "cuda/triplet.h"
 // [includes: cuda]  (marker: add CUDA headers above)
@@ -70,6 +71,18 @@ void add_cuda_kernels(py::module_& m) {
       py::arg("dist_ap"), py::arg("dist_an"), py::arg("grad_ap"), py::arg("grad_an"), py::arg("metric"),
       py::arg("candidates_are_anchors"), py::arg("entry_order"), py::arg("entry_offsets"), py::arg("coefficients"),
       py::arg("grad_anchors"), py::arg("grad_candidates"), py::arg("stream"));
+
+  m.def(
+      "rerank_jaccard_cuda",
+      [](const ArrayView& query_crow, const ArrayView& entry_col, const ArrayView& entry_val,
+         const ArrayView& column_start, const ArrayView& index_item, const ArrayView& index_val, double lambda_value,
+         const ArrayView& out, std::uintptr_t stream) {
+        py::gil_scoped_release release;
+        reidfast::cuda::rerank_jaccard(query_crow, entry_col, entry_val, column_start, index_item, index_val,
+                                       lambda_value, out, stream);
+      },
+      py::arg("query_crow"), py::arg("entry_col"), py::arg("entry_val"), py::arg("column_start"),
+      py::arg("index_item"), py::arg("index_val"), py::arg("lambda_value"), py::arg("out"), py::arg("stream"));
 
   // [bindings: cuda]  (marker: add CUDA bindings above)
 }

@@ -113,7 +113,8 @@ def test_schedule_names_are_checked():
 # --- reidfast's CUDA kernels: results independent of the thread schedule ------------------------------------
 
 def _kernel_outputs(metric: str, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Outputs of every CUDA kernel (distance, top-k with one and several chunks, mining, backward)."""
+    """Outputs of every CUDA kernel (distance, top-k with one and several chunks, mining, backward, the
+    re-ranking Jaccard stage)."""
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(70, 40, generator=generator).to(dtype)
     y = torch.randn(300, 40, generator=generator).to(dtype)
@@ -126,8 +127,9 @@ def _kernel_outputs(metric: str, dtype: torch.dtype) -> list[torch.Tensor]:
         anchors = x.float().requires_grad_()
         loss, details = reidfast.batch_hard_triplet_loss(anchors, labels, metric=metric, return_details=True)
         loss.backward()
+        reranked = reidfast.re_ranking(x.float(), y.float(), k1=6, k2=3, metric=metric)  # the Jaccard kernel
     mined = [details.dist_ap, details.dist_an, details.hardest_positive, details.hardest_negative]
-    return outputs + mined + [anchors.grad]
+    return outputs + mined + [anchors.grad, reranked]
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

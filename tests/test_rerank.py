@@ -1,6 +1,7 @@
-"""k-reciprocal re-ranking: every fast backend (native "cpu", device-resident "torch") against
-reidfast.reference.rerank (the published algorithm). The "torch" backend is forced onto CPU tensors here; on a
-machine with CUDA it also runs on CUDA tensors (and cupy arrays when cupy is installed)."""
+"""k-reciprocal re-ranking: every fast backend (native "cpu", device-resident "torch" and "cuda") against
+reidfast.reference.rerank (the published algorithm). The "torch" backend is forced onto CPU tensors here, and
+"cuda" (its pipeline with the CUDA Jaccard kernel) runs on them through the CUDA emulator; on a machine with
+CUDA both also run on CUDA tensors (and cupy arrays when cupy is installed)."""
 from __future__ import annotations
 
 import re
@@ -19,7 +20,9 @@ from reidfast.reference.distance import pairwise_distance as ref_pairwise
 
 ATOL = 1e-5
 needs_native = pytest.mark.skipif(not reidfast.backends()["cpu"].available, reason="native module not built")
-FAST_BACKENDS = [name for name in ("cpu", "torch") if reidfast.backends()[name].available]
+# "cuda" is the torch pipeline with the CUDA Jaccard kernel: on CPU tensors through the emulator without a card.
+FAST_BACKENDS = [name for name in ("cpu", "torch", "cuda") if reidfast.backends()[name].available
+                 and "cpu" in reidfast.backends()[name].devices]
 
 
 def clustered(rng: np.random.Generator, n: int, dim: int = 16, clusters: int = 6) -> np.ndarray:
@@ -155,7 +158,7 @@ def test_torch_in_torch_out_and_backends():
             np.testing.assert_allclose(out_f.numpy(), ref.re_ranking_features(query, gallery, k1=5, k2=2), atol=ATOL)
             out_np = reidfast.re_ranking(query, gallery, k1=5, k2=2)
             assert isinstance(out_np, np.ndarray)
-    assert set(ops_rerank.RE_RANKING.implementations) == {"cpu", "torch", "reference"}
+    assert set(ops_rerank.RE_RANKING.implementations) == {"cuda", "cpu", "torch", "reference"}
 
 
 def test_progress_bar_runs(capsys, backend):
@@ -286,15 +289,19 @@ def test_tie_heavy_random_distances_match_reference(num_query, num_gallery, leve
         np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL, err_msg=backend)
 
 
-def test_torch_backend_is_the_default_for_cuda_inputs(monkeypatch):
-    """Dispatch: CUDA inputs go to the device-resident torch backend (no cuda/triton re-ranking kernels);
-    CPU inputs keep the native backend when it is built, else torch before the O(N^2) reference."""
+def test_device_backends_are_the_default_for_cuda_inputs(monkeypatch):
+    """Dispatch: CUDA inputs go to the cuda backend (the device pipeline with the CUDA Jaccard kernel), or to
+    the torch backend when the CUDA kernels are not built; CPU inputs keep the native backend when it is
+    built, else torch before the O(N^2) reference."""
     from reidfast import _dispatch
 
     report = _dispatch.backends()
     gpu_report = _dispatch.BackendReport(report)
     gpu_report["torch"] = _dispatch.BackendInfo("torch", True, "simulated CUDA device", ("cpu", "cuda"))
+    gpu_report["cuda"] = _dispatch.BackendInfo("cuda", True, "simulated CUDA kernels", ("cuda",))
     monkeypatch.setattr(_dispatch, "backends", lambda: gpu_report)
+    assert ops_rerank.RE_RANKING.select(torch.device("cuda", 0))[0] == "cuda"
+    gpu_report["cuda"] = _dispatch.BackendInfo("cuda", False, "simulated: not built")
     assert ops_rerank.RE_RANKING.select(torch.device("cuda", 0))[0] == "torch"
     expected_cpu = "cpu" if report["cpu"].available else "torch"
     assert ops_rerank.RE_RANKING.select(torch.device("cpu"))[0] == expected_cpu
@@ -302,6 +309,21 @@ def test_torch_backend_is_the_default_for_cuda_inputs(monkeypatch):
     info = reidfast.backends()["torch"]
     assert info.available and "cpu" in info.devices
     assert ("cuda" in info.devices) == torch.cuda.is_available()
+
+
+def test_cuda_jaccard_kernel_adds_in_the_published_order():
+    """The CUDA Jaccard kernel sums each overlap in increasing column order, as the torch pipeline's
+    sequential CPU index_add_ does: on CPU tensors (the emulator without a card) the two agree bit for bit,
+    also with a gallery of several 8192-item chunks."""
+    if "cuda" not in FAST_BACKENDS:
+        pytest.skip("the cuda backend does not run on CPU tensors here")
+    rng = np.random.default_rng(12)
+    for num_query, num_gallery, k1, k2 in ((25, 300, 5, 3), (12, 9000, 4, 2)):
+        query = torch.from_numpy(clustered(rng, num_query))
+        gallery = torch.from_numpy(clustered(rng, num_gallery))
+        via_kernel = run("cuda", reidfast.re_ranking, query, gallery, k1=k1, k2=k2)
+        via_torch = run("torch", reidfast.re_ranking, query, gallery, k1=k1, k2=k2)
+        assert torch.equal(via_kernel, via_torch)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -320,6 +342,9 @@ def test_cuda_tensors_stay_on_the_device(k1, k2):
     np.testing.assert_allclose(out_f.cpu().numpy(), ref.re_ranking_features(query, gallery, k1=k1, k2=k2), atol=ATOL)
     with pytest.raises(ValueError, match="same device"):
         reidfast.re_ranking_distances(cuda[0], torch.from_numpy(q_q), cuda[2], k1=k1, k2=k2)
+    again = reidfast.re_ranking_distances(*cuda, k1=k1, k2=k2)
+    if reidfast.backends()["cuda"].available:  # the CUDA Jaccard kernel has no atomics: identical bits
+        assert torch.equal(out, again)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -169,6 +169,11 @@ inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
 }
 
 inline int __popc(unsigned int value) { return __builtin_popcount(value); }
+// Explicitly rounded single-precision operations (never contracted into an FMA): plain IEEE ones here.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __uint_as_float(unsigned int bits) { return ::reidfast::emulator::from_bits<float>(bits); }
 inline unsigned int __float_as_uint(float value) {
   return static_cast<unsigned int>(::reidfast::emulator::to_bits(value));

@@ -253,22 +253,31 @@ def _query_expansion(csr, ranks: torch.Tensor, k2: int, budget: int):
     return _csr(torch.cat(counts), torch.cat(cols), torch.cat(vals))
 
 
-def _jaccard(csr, num_query: int, lambda_value: float, budget: int, out: torch.Tensor, tick) -> None:
-    """Steps 7-8 in place on out (holding the normalised distance): jaccard*(1-lambda) + out*lambda."""
+def gallery_inverted_index(csr, num_query: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gallery rows of the CSR (rows num_query..N-1) by column: column j's entries are
+    [column_start[j], column_start[j + 1]) of (index_item: gallery item, increasing; index_val)."""
     crow, col, val = csr
-    num_all, num_gallery = crow.numel() - 1, out.shape[1]
-    device = out.device
-    # Inverted index over the gallery rows: column j -> (gallery items, values), items increasing.
+    num_all = crow.numel() - 1
     begin = int(crow[num_query])
     gallery_col = col[begin:]
     gallery_item = torch.repeat_interleave(
-        torch.arange(num_gallery, device=device), crow[num_query + 1:] - crow[num_query:-1],
+        torch.arange(num_all - num_query, device=col.device), crow[num_query + 1:] - crow[num_query:-1],
         output_size=gallery_col.numel(),
     )
     gallery_col, order = torch.sort(gallery_col, stable=True)
-    index_item, index_val = gallery_item[order], val[begin:][order]
-    column_count = torch.bincount(gallery_col, minlength=num_all)
-    column_start = _exclusive_cumsum(column_count)
+    column_start = torch.zeros(num_all + 1, dtype=torch.int64, device=col.device)
+    torch.cumsum(torch.bincount(gallery_col, minlength=num_all), 0, out=column_start[1:])
+    return column_start, gallery_item[order], val[begin:][order]
+
+
+def _jaccard(csr, num_query: int, lambda_value: float, budget: int, out: torch.Tensor, tick) -> None:
+    """Steps 7-8 in place on out (holding the normalised distance): jaccard*(1-lambda) + out*lambda."""
+    crow, col, val = csr
+    num_gallery = out.shape[1]
+    device = out.device
+    begin = int(crow[num_query])
+    column_start, index_item, index_val = gallery_inverted_index(csr, num_query)
+    column_count = column_start[1:] - column_start[:-1]
 
     # Query rows in chunks bounded by both their (query entry, gallery entry) pairs and their output rows.
     query_lengths = crow[1:num_query + 1] - crow[:num_query]
@@ -308,6 +317,7 @@ def re_ranking(
     distance_block: Callable | None = None,
     progress: Callable[[int], None] | None = None,
     block_elements: int = 1 << 22,
+    jaccard: Callable | None = None,
 ) -> torch.Tensor:
     """(Q, G) float32 re-ranked distances on the inputs' device.
 
@@ -316,6 +326,8 @@ def re_ranking(
     computes a (rows, N) float32 distance block on the device.
     block_rows: rows per top-k block (None: block_elements // N); the sparse stages use chunks of about
     block_rows * N elements. progress(n) is called with the number of rows each stage finishes.
+    jaccard(csr, num_query, lambda_value, budget, out, tick): steps 7-8 in place on out (default: torch ops,
+    whose index_add_ is atomic on CUDA; the cuda backend passes its deterministic kernel).
     """
     tick = progress or (lambda _: None)
     device = data[0].device
@@ -342,5 +354,5 @@ def re_ranking(
     if k2 != 1:
         csr = _query_expansion(csr, ranks, k2, budget)
     del ranks, top_values
-    _jaccard(csr, num_query, lambda_value, budget, out, tick)
+    (jaccard or _jaccard)(csr, num_query, lambda_value, budget, out, tick)
     return out

@@ -18,11 +18,15 @@ instead of the reference's torch expression: identical up to float32 rounding, s
 duplicated features, whose distances are rounding noise) can order differently.
 
 The "torch" backend (reidfast/kernels/torch_rerank.py) is the same algorithm vectorised over rows in torch
-ops, on the input's device: the default for CUDA tensors and cupy arrays (nothing is copied to the host;
-from features the distance blocks come from pairwise_distance's default kernels on that device), and the
-CPU fallback when the native module is missing (O(N*k1 + Q*G) memory, unlike the reference). Its inputs
-are validated where they live, with the reference's messages. It sums the per-row weights (and, on CUDA,
-the Jaccard overlaps) in torch's order, so it agrees with the reference to a few ulps, not bit for bit.
+ops, on the input's device (nothing is copied to the host; from features the distance blocks come from
+pairwise_distance's default kernels on that device), and the CPU fallback when the native module is missing
+(O(N*k1 + Q*G) memory, unlike the reference). Its inputs are validated where they live, with the
+reference's messages. It sums the per-row weights (and, on CUDA, the Jaccard overlaps, with atomics) in
+torch's order, so it agrees with the reference to a few ulps, not bit for bit.
+
+The "cuda" backend, the default for CUDA tensors and cupy arrays, is that pipeline with the Jaccard stage
+as a CUDA kernel (csrc/cuda/rerank.cu) that adds the overlaps in the published order without atomics:
+deterministic run to run.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ __all__ = ["re_ranking", "re_ranking_distances"]
 RE_RANKING = Op("re_ranking")
 _BLOCK_ELEMENTS = 1 << 22  # default block: 4M distances (16 MiB in float32) per pass-1 block
 # Backends that take tensors on the input's device (the others take host numpy arrays).
-_DEVICE_RESIDENT = ("torch",)
+_DEVICE_RESIDENT = ("torch", "cuda")
 # The torch backend's default block, in distances (about 28 bytes each at the peak of the top-k pass):
 # ~110 MiB on the host, ~0.9 GiB on a GPU, where bigger blocks mean fewer kernel launches.
 _DEVICE_BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
@@ -168,8 +172,9 @@ def _device_distance_block(x: torch.Tensor, y: torch.Tensor, metric: str) -> tor
 
 
 @RE_RANKING.register("torch")
-def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress):
-    """torch ops on the input's device (reidfast/kernels/torch_rerank.py): the default for CUDA/cupy inputs."""
+def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=None):
+    """torch ops on the input's device (reidfast/kernels/torch_rerank.py): the default for CUDA/cupy inputs
+    when the CUDA kernels are not built."""
     from ..kernels import torch_rerank
 
     num_query, num_gallery = (data[0].shape if kind == "distances" else (data[0].shape[0], data[1].shape[0]))
@@ -179,11 +184,33 @@ def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress):
         return torch_rerank.re_ranking(
             kind, data, k1, k2, lambda_value, chunk_size, distance_block=_device_distance_block,
             progress=None if bar is None else bar.update,
-            block_elements=_DEVICE_BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS),
+            block_elements=_DEVICE_BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS), jaccard=jaccard,
         )
     finally:
         if bar is not None:
             bar.close()
+
+
+def _cuda_jaccard(csr, num_query, lambda_value, budget, out, tick):
+    """Steps 7-8 by the CUDA kernel (csrc/cuda/rerank.cu): deterministic, in the published summation order."""
+    from ..kernels import torch_rerank
+
+    crow, col, val = csr
+    column_start, index_item, index_val = torch_rerank.gallery_inverted_index(csr, num_query)
+    begin = int(crow[num_query])
+    view = _native.cuda_view
+    _native.cuda_kernels().rerank_jaccard_cuda(
+        view(crow[: num_query + 1]), view(col[:begin]), view(val[:begin].to(torch.float32)), view(column_start),
+        view(index_item), view(index_val.to(torch.float32)), lambda_value, view(out), _native.cuda_stream(out.device),
+    )
+    tick(num_query)
+
+
+@RE_RANKING.register("cuda")
+def _re_ranking_cuda(kind, data, k1, k2, lambda_value, chunk_size, progress):
+    """The torch backend's device pipeline (top-k pass from the CUDA distance kernels, sparse weights, query
+    expansion) with the Jaccard stage as a CUDA kernel: deterministic, the default for CUDA/cupy inputs."""
+    return _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=_cuda_jaccard)
 
 
 def _device_of(value: Any) -> torch.device:
