@@ -18,9 +18,31 @@ except Exception as error:  # ImportError, or OSError from a broken shared libra
     _C = None
     LOAD_ERROR = f"{type(error).__name__}: {error}"
 
-try:  # the CUDA kernels compiled for a CPU emulator (csrc/cuda_emulator): tests without a GPU
-    from . import _cuda_emulator  # type: ignore[attr-defined]
 
+
+def _load_cuda_emulator() -> Any:
+    """The CUDA kernels compiled for a CPU emulator (csrc/cuda_emulator), for tests without a GPU; another
+    build of it (the AddressSanitizer one of scripts/memcheck_cuda_kernels.sh) from the path in
+    REIDFAST_CUDA_EMULATOR_MODULE."""
+    path = os.environ.get("REIDFAST_CUDA_EMULATOR_MODULE")
+    if not path:
+        from . import _cuda_emulator  # type: ignore[attr-defined]
+
+        return _cuda_emulator
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{__package__}._cuda_emulator", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"REIDFAST_CUDA_EMULATOR_MODULE={path!r} is not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module
+    return module
+
+
+try:
+    _cuda_emulator = _load_cuda_emulator()
     EMULATOR_LOAD_ERROR: str | None = None
 except Exception as error:
     _cuda_emulator = None

@@ -40,7 +40,7 @@ def run(backend, function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-@pytest.fixture(params=FAST_BACKENDS)
+@pytest.fixture(params=[pytest.param(b, marks=pytest.mark.cuda_emulator) if b == "cuda" else b for b in FAST_BACKENDS])
 def backend(request):
     return request.param
 

@@ -1,6 +1,10 @@
 // The fiber scheduler behind emulator.h: one fiber per CUDA thread, blocks run in turn.
 #include "emulator.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -76,20 +80,48 @@ struct Context {
 #else
   ucontext_t context;
 #endif
+  // The stack's extent, for AddressSanitizer's fiber annotations (the scheduler's is learnt on first switch).
+  const void* stack_bottom = nullptr;
+  std::size_t stack_size = 0;
 };
 
+#if defined(__SANITIZE_ADDRESS__)
+// Under -fsanitize=address (the emulator's memcheck build) ASan must be told about every stack switch.
+void sanitizer_enter(Context& load, void** fake_stack) {
+  __sanitizer_start_switch_fiber(fake_stack, load.stack_bottom, load.stack_size);
+}
+void sanitizer_arrived(void* fake_stack, Context* from) {
+  const void* bottom = nullptr;
+  std::size_t size = 0;
+  __sanitizer_finish_switch_fiber(fake_stack, &bottom, &size);
+  if (from != nullptr && from->stack_bottom == nullptr) {
+    from->stack_bottom = bottom;
+    from->stack_size = size;
+  }
+}
+#else
+void sanitizer_enter(Context&, void**) {}
+void sanitizer_arrived(void*, Context*) {}
+#endif
+
 void switch_context(Context& save, Context& load) {
+  void* fake_stack = nullptr;
+  sanitizer_enter(load, &fake_stack);
 #ifdef REIDFAST_EMULATOR_FAST_SWITCH
   reidfast_emulator_switch(&save.stack_pointer, load.stack_pointer);
 #else
   swapcontext(&save.context, &load.context);
 #endif
+  sanitizer_arrived(fake_stack, nullptr);
 }
 
 void fiber_main();
 
 // Prepares `context` to start fiber_main on the stack [stack, stack + bytes).
 void make_context(Context& context, char* stack, std::size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_UNPOISON_MEMORY_REGION(stack, bytes);  // frames of the stack's previous fiber, which never returned
+#endif
 #ifdef REIDFAST_EMULATOR_FAST_SWITCH
   // The frame reidfast_emulator_switch pops: control words, r15..r12, rbx, rbp, then `ret` to fiber_main
   // with the stack as after a call (rsp = 8 mod 16). fiber_main never returns.
@@ -190,6 +222,7 @@ std::string describe(const Block& block, const Fiber& fiber, const std::string& 
 }
 
 void fiber_main() {
+  sanitizer_arrived(nullptr, &current_block->scheduler);  // first entry: learn the scheduler's stack
   (*current_block->body)();
   running_fiber().finished = true;
   yield_to_scheduler();
@@ -277,6 +310,8 @@ void run_block(Block& block, const uint3& block_index) {
     fiber.thread = uint3{linear % shape.x, (linear / shape.x) % shape.y, linear / (shape.x * shape.y)};
     fiber.stack = stack_pool.get(static_cast<std::size_t>(linear));
     make_context(fiber.context, fiber.stack, kStackBytes);
+    fiber.context.stack_bottom = fiber.stack;
+    fiber.context.stack_size = kStackBytes;
   }
   std::vector<int> order(static_cast<std::size_t>(threads));
   std::iota(order.begin(), order.end(), 0);
