@@ -29,6 +29,7 @@ def _libasan() -> str | None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the emulator is built on Linux only")
 @pytest.mark.skipif(shutil.which("cmake") is None or _libasan() is None, reason="needs CMake and g++ with libasan")
 def test_cuda_kernels_are_memory_clean_under_addresssanitizer(tmp_path):
+    pytest.importorskip("pybind11", reason="the [test] extra installs pybind11 to rebuild the emulator")
     environment = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "REIDFAST_CUDA_EMULATOR_MODULE")}
     environment.update(PYTHON=sys.executable, REIDFAST_ASAN_BUILD=str(tmp_path / "build"))
     # -k: the emulated kernel tests, not this one again; -x: stop at the first report.

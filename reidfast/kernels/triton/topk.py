@@ -45,7 +45,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction, constexpr_function
 
 from ..._native import METRIC_CODES
-from .common import correctly_rounded_sqrt
+from .common import correctly_rounded_sqrt, tuning_bucket
 
 MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -186,6 +186,7 @@ def _bitonic_sort_rows(key, col, PAIRS: tl.constexpr, SWAP_BY_PERMUTE: tl.conste
 @triton.jit
 def _topk_distance_kernel(
     x_ptr, y_ptr, values_ptr, indices_ptr, n, m, dim, k, x_row_stride, y_row_stride,
+    tune_n, tune_m, tune_dim,  # unused by the kernel: the autotuning key (common.tuning_bucket of n, m, dim)
     METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP64: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr, K_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -327,7 +328,7 @@ def _tuned_kernel(k_pad: int):
             if all((config.kwargs, config.num_warps) != (other.kwargs, other.num_warps) for other in configs):
                 configs.append(config)
         # the autotuner adds the argument dtypes to the key itself; K_PAD is this kernel's
-        _TUNED[k_pad] = triton.autotune(configs=configs, key=["n", "m", "dim"])(_topk_distance_kernel)
+        _TUNED[k_pad] = triton.autotune(configs=configs, key=["tune_n", "tune_m", "tune_dim"])(_topk_distance_kernel)
     return _TUNED[k_pad]
 
 
@@ -385,7 +386,8 @@ def topk_distance(
     upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
     # Same storage and row stride: row r of both is the same vector, whatever the row counts.
     same_input = x.data_ptr() == y.data_ptr() and (num_rows <= 1 or num_cols <= 1 or x.stride(0) == y.stride(0))
-    arguments = (values, indices, num_rows, num_cols, dim, k, x.stride(0), y.stride(0))
+    arguments = (values, indices, num_rows, num_cols, dim, k, x.stride(0), y.stride(0),
+                 tuning_bucket(num_rows), tuning_bucket(num_cols), tuning_bucket(dim))
     flags = dict(METRIC=METRIC_CODES[metric], SAME_INPUT=same_input, EXCLUDE_SELF=exclude_self, FP64=fp64,
                  INPUT_PRECISION=precision, UPCAST_DOT=upcast_dot, SWAP_BY_PERMUTE=_SWAP_BY_PERMUTE, K_PAD=k_pad)
     if not _COMPILED or fp64:

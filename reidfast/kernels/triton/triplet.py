@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
-from .common import correctly_rounded_sqrt
+from .common import correctly_rounded_sqrt, tuning_bucket
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -36,6 +36,7 @@ def _batch_hard_mine_kernel(
     anchors_ptr, candidates_ptr, anchor_labels_ptr, candidate_labels_ptr, anchor_index_ptr,
     dist_ap_ptr, dist_an_ptr, positive_index_ptr, negative_index_ptr,
     num_anchors, num_candidates, dim, anchor_row_stride, candidate_row_stride,
+    tune_anchors, tune_candidates, tune_dim,  # unused by the kernel: the autotuning key (common.tuning_bucket)
     METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -131,18 +132,18 @@ _INTERPRETER_BLOCKS = dict(BLOCK_B=16, BLOCK_C=16, BLOCK_D=16)
 # float64 has no tensor-core dot: a (BLOCK_B, BLOCK_C, BLOCK_D) broadcast product must stay small.
 _FP64_BLOCKS = dict(BLOCK_B=16, BLOCK_C=16, BLOCK_D=16, num_warps=4)
 
-if _COMPILED:
-    _batch_hard_mine_tuned = triton.autotune(
-        configs=[
-            triton.Config({"BLOCK_B": 32, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_B": 64, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_B": 64, "BLOCK_C": 128, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_B": 128, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-            triton.Config({"BLOCK_B": 128, "BLOCK_C": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-            triton.Config({"BLOCK_B": 64, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=2),
-        ],
-        key=["num_anchors", "num_candidates", "dim"],  # the autotuner adds the argument dtypes itself
-    )(_batch_hard_mine_kernel)
+# Built everywhere (its key is checked in tests), launched only when compiled.
+_batch_hard_mine_tuned = triton.autotune(
+    configs=[
+        triton.Config({"BLOCK_B": 32, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_B": 64, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_B": 64, "BLOCK_C": 128, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_B": 128, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_B": 128, "BLOCK_C": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_B": 64, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=2),
+    ],
+    key=["tune_anchors", "tune_candidates", "tune_dim"],  # the autotuner adds the argument dtypes itself
+)(_batch_hard_mine_kernel)
 
 
 def _check_features(name: str, features: torch.Tensor) -> None:
@@ -209,6 +210,7 @@ def batch_hard_mine(
         anchors, candidates, anchor_labels, candidate_labels, anchor_index,
         dist_ap, dist_an, positive_index, negative_index,
         num_anchors, num_candidates, dim, anchors.stride(0), candidates.stride(0),
+        tuning_bucket(num_anchors), tuning_bucket(num_candidates), tuning_bucket(dim),
     )
     flags = dict(METRIC=METRIC_CODES[metric], SAME_INPUT=same_input, FP64=fp64, INPUT_PRECISION=precision,
                  UPCAST_DOT=upcast_dot)
