@@ -221,3 +221,21 @@ def test_distance_entry_point_checks_the_feature_pair():
     with pytest.raises(ValueError, match="x: expected float32, float64, float16 or bfloat16"):
         integers = torch.ones(4, 3, dtype=torch.int64)
         emulator.pairwise_distance_cuda(v(integers), v(integers), v(out), 0, 0)
+
+
+def test_rerank_jaccard_entry_point_checks_its_arguments():
+    v = _emulated_view
+    crow, col, val = torch.tensor([0, 1, 2]), torch.tensor([0, 1]), torch.tensor([0.5, 0.5])
+    start, item, weight = torch.tensor([0, 1, 1, 1]), torch.tensor([0]), torch.tensor([0.25])
+    out = torch.zeros(2, 1)
+    arrays = [crow, col, val, start, item, weight]
+    emulator.rerank_jaccard_cuda(*map(v, arrays), 0.3, v(out), 0)  # well formed: runs
+    assert torch.allclose(out, torch.tensor([[(1 - 0.25 / 1.75) * 0.7], [0.7]]))
+    with pytest.raises(ValueError, match=r"lambda_value: expected a number in \[0, 1\], got 1.5"):
+        emulator.rerank_jaccard_cuda(*map(v, arrays), 1.5, v(out), 0)
+    with pytest.raises(ValueError, match="out: expected dtype float32, got float64"):
+        emulator.rerank_jaccard_cuda(*map(v, arrays), 0.3, v(out.double()), 0)
+    with pytest.raises(ValueError, match="entry_val: expected length 2, got 1"):
+        emulator.rerank_jaccard_cuda(v(crow), v(col), v(val[:1]), *map(v, arrays[3:]), 0.3, v(out), 0)
+    with pytest.raises(ValueError, match="query_crow: expected length 3, got 2"):
+        emulator.rerank_jaccard_cuda(v(crow[:2]), *map(v, arrays[1:]), 0.3, v(out), 0)

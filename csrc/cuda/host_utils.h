@@ -41,21 +41,54 @@ class DeviceGuard {
 };
 
 // x (N, D) and y (M, D) as the distance kernels take them: CUDA matrices with unit inner stride, one
-// floating dtype, the same number of features.
-inline void check_feature_pair(const ArrayView& x, const ArrayView& y) {
-  check_matrix(x, "x", /*want_cuda=*/true);
-  check_matrix(y, "y", /*want_cuda=*/true);
+// floating dtype, the same number of features. Messages name them x_name and y_name.
+inline void check_feature_pair(const ArrayView& x, const ArrayView& y, const char* x_name = "x",
+                               const char* y_name = "y") {
+  check_matrix(x, x_name, /*want_cuda=*/true);
+  check_matrix(y, y_name, /*want_cuda=*/true);
   std::ostringstream why;
   if (!is_floating(x.dtype)) {
-    why << "x: expected float32, float64, float16 or bfloat16, got " << dtype_name(x.dtype);
+    why << x_name << ": expected float32, float64, float16 or bfloat16, got " << dtype_name(x.dtype);
     fail(why.str());
   }
   if (y.dtype != x.dtype) {
-    why << "y: expected dtype " << dtype_name(x.dtype) << " to match x, got " << dtype_name(y.dtype);
+    why << y_name << ": expected dtype " << dtype_name(x.dtype) << " to match " << x_name << ", got "
+        << dtype_name(y.dtype);
     fail(why.str());
   }
   if (y.size(1) != x.size(1)) {
-    why << "y: expected " << x.size(1) << " features per row to match x, got " << y.size(1);
+    why << y_name << ": expected " << x.size(1) << " features per row to match " << x_name << ", got " << y.size(1);
+    fail(why.str());
+  }
+}
+
+// A contiguous CUDA vector of `length` elements (any length when length < 0) of `dtype` on `device`, the
+// device of the array named `device_of`.
+inline void check_cuda_vector(const ArrayView& a, const char* name, int64_t length, DType dtype, int device,
+                              const char* device_of) {
+  std::ostringstream why;
+  if (a.ndim() != 1) {
+    why << name << ": expected a 1-D array, got " << a.ndim() << "-D";
+    fail(why.str());
+  }
+  if (length >= 0 && a.size(0) != length) {
+    why << name << ": expected length " << length << ", got " << a.size(0);
+    fail(why.str());
+  }
+  if (a.dtype != dtype) {
+    why << name << ": expected dtype " << dtype_name(dtype) << ", got " << dtype_name(a.dtype);
+    fail(why.str());
+  }
+  if (a.size(0) > 1 && a.stride(0) != 1) {
+    why << name << ": expected a contiguous array (stride 1), got stride " << a.stride(0);
+    fail(why.str());
+  }
+  if (!a.on_cuda()) {
+    why << name << ": expected CUDA memory";
+    fail(why.str());
+  }
+  if (a.device != device) {
+    why << name << ": expected device cuda:" << device << " (that of " << device_of << "), got cuda:" << a.device;
     fail(why.str());
   }
 }

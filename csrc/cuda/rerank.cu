@@ -81,31 +81,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// A contiguous CUDA vector of `dtype` on `device`; `length` < 0: any length.
-void check_cuda_vector(const ArrayView& a, const char* name, int64_t length, DType dtype, int device) {
-  std::ostringstream why;
-  if (a.ndim() != 1 || (length >= 0 && a.size(0) != length)) {
-    why << name << ": expected a 1-D array";
-    if (length >= 0) why << " of length " << length;
-    why << ", got shape (";
-    for (int d = 0; d < a.ndim(); ++d) why << (d ? ", " : "") << a.size(d);
-    why << ")";
-    fail(why.str());
-  }
-  if (a.dtype != dtype) {
-    why << name << ": expected dtype " << dtype_name(dtype) << ", got " << dtype_name(a.dtype);
-    fail(why.str());
-  }
-  if (a.size(0) > 1 && a.stride(0) != 1) {
-    why << name << ": expected a contiguous array, got stride " << a.stride(0);
-    fail(why.str());
-  }
-  if (!a.on_cuda() || a.device != device) {
-    why << name << ": expected CUDA memory on device cuda:" << device << " (that of out)";
-    fail(why.str());
-  }
-}
-
 }  // namespace
 
 void rerank_jaccard(const ArrayView& query_crow, const ArrayView& entry_col, const ArrayView& entry_val,
@@ -127,12 +102,12 @@ void rerank_jaccard(const ArrayView& query_crow, const ArrayView& entry_col, con
     fail(why.str());
   }
   const int device = out.device;
-  check_cuda_vector(query_crow, "query_crow", num_query + 1, DType::Int64, device);
-  check_cuda_vector(entry_col, "entry_col", -1, DType::Int64, device);
-  check_cuda_vector(entry_val, "entry_val", entry_col.size(0), DType::Float32, device);
-  check_cuda_vector(column_start, "column_start", -1, DType::Int64, device);
-  check_cuda_vector(index_item, "index_item", -1, DType::Int64, device);
-  check_cuda_vector(index_val, "index_val", index_item.size(0), DType::Float32, device);
+  check_cuda_vector(query_crow, "query_crow", num_query + 1, DType::Int64, device, "out");
+  check_cuda_vector(entry_col, "entry_col", -1, DType::Int64, device, "out");
+  check_cuda_vector(entry_val, "entry_val", entry_col.size(0), DType::Float32, device, "out");
+  check_cuda_vector(column_start, "column_start", -1, DType::Int64, device, "out");
+  check_cuda_vector(index_item, "index_item", -1, DType::Int64, device, "out");
+  check_cuda_vector(index_val, "index_val", index_item.size(0), DType::Float32, device, "out");
   if (column_start.size(0) < 1) fail("column_start: expected at least one entry (N + 1 for N columns)");
   if (num_query == 0 || num_gallery == 0) return;
   const int64_t chunks = ceil_div(num_gallery, kChunk);

@@ -539,33 +539,9 @@ Plan plan_for(int64_t num_anchors, int64_t num_candidates) {
   return make_plan(num_anchors, num_candidates, choose_tile(num_anchors, num_candidates), 0);
 }
 
-// A contiguous CUDA vector of `length` elements of `dtype` on `device`.
+// A contiguous CUDA vector on the anchors' device.
 void check_vector(const ArrayView& a, const char* name, int64_t length, DType dtype, int device) {
-  std::ostringstream why;
-  if (a.ndim() != 1) {
-    why << name << ": expected a 1-D array, got " << a.ndim() << "-D";
-    fail(why.str());
-  }
-  if (a.size(0) != length) {
-    why << name << ": expected length " << length << ", got " << a.size(0);
-    fail(why.str());
-  }
-  if (a.dtype != dtype) {
-    why << name << ": expected dtype " << dtype_name(dtype) << ", got " << dtype_name(a.dtype);
-    fail(why.str());
-  }
-  if (length > 1 && a.stride(0) != 1) {
-    why << name << ": expected a contiguous array (stride 1), got stride " << a.stride(0);
-    fail(why.str());
-  }
-  if (!a.on_cuda()) {
-    why << name << ": expected CUDA memory";
-    fail(why.str());
-  }
-  if (a.device != device) {
-    why << name << ": expected device cuda:" << device << " (that of anchors), got cuda:" << a.device;
-    fail(why.str());
-  }
+  check_cuda_vector(a, name, length, dtype, device, "anchors");
 }
 
 // All argument checks, before any CUDA call (so they also run, and fail clearly, without a GPU).
@@ -574,23 +550,8 @@ Plan validate(const ArrayView& anchors, const ArrayView& candidates, const Array
               const ArrayView& candidate_labels, const ArrayView& anchor_index, Metric metric,
               const ArrayView& dist_ap, const ArrayView& dist_an, const ArrayView& positive_index,
               const ArrayView& negative_index, const ArrayView& workspace) {
-  check_matrix(anchors, "anchors", /*want_cuda=*/true);
-  check_matrix(candidates, "candidates", /*want_cuda=*/true);
+  check_feature_pair(anchors, candidates, "anchors", "candidates");
   std::ostringstream why;
-  if (!is_floating(anchors.dtype)) {
-    why << "anchors: expected float32, float64, float16 or bfloat16, got " << dtype_name(anchors.dtype);
-    fail(why.str());
-  }
-  if (candidates.dtype != anchors.dtype) {
-    why << "candidates: expected dtype " << dtype_name(anchors.dtype) << " to match anchors, got "
-        << dtype_name(candidates.dtype);
-    fail(why.str());
-  }
-  if (candidates.size(1) != anchors.size(1)) {
-    why << "candidates: expected " << anchors.size(1) << " features per row to match anchors, got "
-        << candidates.size(1);
-    fail(why.str());
-  }
   const int device = anchors.device;
   if (candidates.device != device) {
     why << "candidates: expected device cuda:" << device << " (that of anchors), got cuda:" << candidates.device;
