@@ -20,7 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
-// Fiber switches. On x86-64 Linux a 14-instruction switch of the callee-saved registers (the System V ABI's:
+// Fiber switches. On x86-64 Linux a 21-instruction switch of the callee-saved registers (the System V ABI's:
 // rbx, rbp, r12-r15, the MXCSR and x87 control words); elsewhere ucontext, whose swapcontext also saves the
 // signal mask with a system call per switch (several times slower: the emulator switches at every barrier).
 #if defined(__x86_64__) && defined(__linux__) && !defined(REIDFAST_EMULATOR_UCONTEXT)
