@@ -239,3 +239,17 @@ def test_rerank_jaccard_entry_point_checks_its_arguments():
         emulator.rerank_jaccard_cuda(v(crow), v(col), v(val[:1]), *map(v, arrays[3:]), 0.3, v(out), 0)
     with pytest.raises(ValueError, match="query_crow: expected length 3, got 2"):
         emulator.rerank_jaccard_cuda(v(crow[:2]), *map(v, arrays[1:]), 0.3, v(out), 0)
+
+
+def test_emulation_without_the_module_says_how_to_fix_it(monkeypatch):
+    from reidfast import _dispatch
+
+    monkeypatch.setenv("REIDFAST_EMULATE_CUDA", "1")
+    monkeypatch.setattr(_native, "_cuda_emulator", None)
+    monkeypatch.setattr(_native, "EMULATOR_LOAD_ERROR", "ImportError: simulated")
+    _dispatch._cuda_emulator_info.cache_clear()
+    try:
+        info = reidfast.backends()["cuda"]
+        assert not info.available and "simulated" in info.reason and "REIDFAST_CUDA_EMULATOR=0" in info.reason
+    finally:
+        _dispatch._cuda_emulator_info.cache_clear()
