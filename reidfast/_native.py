@@ -85,15 +85,21 @@ def build_info() -> dict[str, Any]:
     return dict(_build_info())
 
 
+def _array_view(module: Any, tensor: torch.Tensor, device: int) -> Any:
+    """module.ArrayView of `tensor` on `device` (-1: host) that keeps the tensor alive: a view of a temporary
+    such as view(labels.to(torch.int64)) stays valid while a kernel call holds it."""
+    array = module.ArrayView(tensor.data_ptr(), DTYPE_CODES[tensor.dtype], list(tensor.shape), list(tensor.stride()),
+                             device)
+    array.owner = tensor
+    return array
+
+
 def view(tensor: torch.Tensor) -> Any:
-    """A _C.ArrayView of `tensor` that keeps the tensor alive: a view of a temporary such as
-    view(labels.to(torch.int64)) stays valid while a kernel call holds it."""
+    """A _C.ArrayView of `tensor` (see _array_view)."""
     device = tensor.device.index if tensor.device.type == "cuda" else -1
     if device is None:
         device = torch.cuda.current_device()
-    array = _C.ArrayView(tensor.data_ptr(), DTYPE_CODES[tensor.dtype], list(tensor.shape), list(tensor.stride()), device)
-    array.owner = tensor
-    return array
+    return _array_view(_C, tensor, device)
 
 
 def emulating_cuda() -> bool:
@@ -113,11 +119,7 @@ def cuda_view(tensor: torch.Tensor) -> Any:
         return view(tensor)
     if tensor.device.type != "cpu":
         raise ValueError(f"REIDFAST_EMULATE_CUDA=1 runs the CUDA kernels on host tensors, got one on {tensor.device}")
-    array = _cuda_emulator.ArrayView(
-        tensor.data_ptr(), DTYPE_CODES[tensor.dtype], list(tensor.shape), list(tensor.stride()), 0
-    )
-    array.owner = tensor  # as in view()
-    return array
+    return _array_view(_cuda_emulator, tensor, 0)
 
 
 def cuda_stream(device: torch.device) -> int:

@@ -45,10 +45,9 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction, constexpr_function
 
 from ..._native import METRIC_CODES
-from .common import correctly_rounded_sqrt, tuning_bucket
+from .common import FLOAT_DTYPES, correctly_rounded_sqrt, tuning_bucket
 
 MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # triton.jit reads only constexpr globals
 _INT32_MAX = tl.constexpr(0x7FFFFFFF)
 
@@ -333,10 +332,10 @@ def _tuned_kernel(k_pad: int):
 
 
 def _check_features(name: str, features: torch.Tensor) -> None:
-    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.dtype not in _FLOAT_DTYPES:
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.dtype not in FLOAT_DTYPES:
         description = (f"{tuple(features.shape)} {features.dtype}" if isinstance(features, torch.Tensor)
                        else type(features).__name__)
-        raise ValueError(f"{name} must be a 2-D tensor with a dtype in {_FLOAT_DTYPES}, got {description}")
+        raise ValueError(f"{name} must be a 2-D tensor with a dtype in {FLOAT_DTYPES}, got {description}")
     if features.shape[1] > 1 and features.stride(1) != 1:
         raise ValueError(f"{name} must have unit inner stride, got strides {features.stride()}")
 

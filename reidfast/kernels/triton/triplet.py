@@ -26,9 +26,8 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
-from .common import correctly_rounded_sqrt, tuning_bucket
+from .common import check_features, correctly_rounded_sqrt, tuning_bucket
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @triton.jit
@@ -146,14 +145,6 @@ _batch_hard_mine_tuned = triton.autotune(
 )(_batch_hard_mine_kernel)
 
 
-def _check_features(name: str, features: torch.Tensor) -> None:
-    if features.dim() != 2 or features.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be 2-D with a dtype in {_FLOAT_DTYPES}, "
-                         f"got {tuple(features.shape)} {features.dtype}")
-    if features.shape[1] > 1 and features.stride(1) != 1:
-        raise ValueError(f"{name} must have unit inner stride, got strides {features.stride()}")
-
-
 def _check_index_vector(name: str, values: torch.Tensor, length: int, device: torch.device) -> None:
     wrong = values.dtype != torch.int64 or values.shape != (length,) or values.device != device
     if wrong or not values.is_contiguous():
@@ -179,8 +170,8 @@ def batch_hard_mine(
     """
     if metric not in METRIC_CODES:
         raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
-    _check_features("anchors", anchors)
-    _check_features("candidates", candidates)
+    check_features("anchors", anchors)
+    check_features("candidates", candidates)
     mismatch = candidates.dtype != anchors.dtype or candidates.device != anchors.device
     if mismatch or candidates.shape[1] != anchors.shape[1]:
         raise ValueError(f"candidates {tuple(candidates.shape)} {candidates.dtype} on {candidates.device} do not match "

@@ -32,12 +32,28 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
-from .common import correctly_rounded_sqrt
+from .common import check_features, correctly_rounded_sqrt
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Layout of the coefficient buffer (7 B values): anchor part [0, B) on a_i, [B, 2B) on c_p(i), [2B, 3B) on
 # c_n(i); then per entry e in [0, 2B): [3B, 5B) on the anchor row, [5B, 7B) on the chosen row (cosine only).
 _COEFFICIENT_ROWS = 7
+
+
+@triton.jit
+def _load_pair_features(anchors_ptr, candidates_ptr, anchor_offsets, positive_offsets, negative_offsets, row_ok,
+                        has_positive, has_negative, start, dim, FP64: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Features [start, start + BLOCK_D) of each anchor row and of its hardest positive and negative rows, in
+    the accumulation type; zeros where a row or pair is missing or past dim -> (a, p, n) (BLOCK_B, BLOCK_D)."""
+    acc_type = tl.float64 if FP64 else tl.float32
+    feats = start + tl.arange(0, BLOCK_D)
+    feat_ok = (feats < dim)[None, :]
+    a = tl.load(anchors_ptr + anchor_offsets[:, None] + feats[None, :],
+                mask=row_ok[:, None] & feat_ok, other=0.0).to(acc_type)
+    p = tl.load(candidates_ptr + positive_offsets[:, None] + feats[None, :],
+                mask=has_positive[:, None] & feat_ok, other=0.0).to(acc_type)
+    n = tl.load(candidates_ptr + negative_offsets[:, None] + feats[None, :],
+                mask=has_negative[:, None] & feat_ok, other=0.0).to(acc_type)
+    return a, p, n
 
 
 @triton.jit
@@ -69,14 +85,9 @@ def _pair_coefficients_kernel(
         dot_p = tl.zeros((BLOCK_B,), dtype=acc_type)
         dot_n = tl.zeros((BLOCK_B,), dtype=acc_type)
         for start in range(0, dim, BLOCK_D):
-            feats = start + tl.arange(0, BLOCK_D)
-            feat_ok = (feats < dim)[None, :]
-            a = tl.load(anchors_ptr + anchor_offsets[:, None] + feats[None, :],
-                        mask=row_ok[:, None] & feat_ok, other=0.0).to(acc_type)
-            p = tl.load(candidates_ptr + positive_offsets[:, None] + feats[None, :],
-                        mask=has_positive[:, None] & feat_ok, other=0.0).to(acc_type)
-            n = tl.load(candidates_ptr + negative_offsets[:, None] + feats[None, :],
-                        mask=has_negative[:, None] & feat_ok, other=0.0).to(acc_type)
+            a, p, n = _load_pair_features(anchors_ptr, candidates_ptr, anchor_offsets, positive_offsets,
+                                          negative_offsets, row_ok, has_positive, has_negative, start, dim,
+                                          FP64, BLOCK_D)
             anchor_sq += tl.sum(a * a, axis=1)
             positive_sq += tl.sum(p * p, axis=1)
             negative_sq += tl.sum(n * n, axis=1)
@@ -128,20 +139,16 @@ def _pair_coefficients_kernel(
     if WRITE_ANCHOR_GRAD:
         grad_offsets = rows.to(tl.int64) * grad_row_stride
         for start in range(0, dim, BLOCK_D):
-            feats = start + tl.arange(0, BLOCK_D)
-            feat_ok = (feats < dim)[None, :]
-            a = tl.load(anchors_ptr + anchor_offsets[:, None] + feats[None, :],
-                        mask=row_ok[:, None] & feat_ok, other=0.0).to(acc_type)
-            p = tl.load(candidates_ptr + positive_offsets[:, None] + feats[None, :],
-                        mask=has_positive[:, None] & feat_ok, other=0.0).to(acc_type)
-            n = tl.load(candidates_ptr + negative_offsets[:, None] + feats[None, :],
-                        mask=has_negative[:, None] & feat_ok, other=0.0).to(acc_type)
+            a, p, n = _load_pair_features(anchors_ptr, candidates_ptr, anchor_offsets, positive_offsets,
+                                          negative_offsets, row_ok, has_positive, has_negative, start, dim,
+                                          FP64, BLOCK_D)
             if METRIC == 2:
                 grad = on_anchor[:, None] * a + on_positive[:, None] * p + on_negative[:, None] * n
             else:
                 grad = on_positive[:, None] * (a - p) + on_negative[:, None] * (a - n)
+            feats = start + tl.arange(0, BLOCK_D)
             tl.store(grad_anchors_ptr + grad_offsets[:, None] + feats[None, :],
-                     grad.to(grad_anchors_ptr.dtype.element_ty), mask=row_ok[:, None] & feat_ok)
+                     grad.to(grad_anchors_ptr.dtype.element_ty), mask=row_ok[:, None] & (feats < dim)[None, :])
 
 
 @triton.jit
@@ -211,14 +218,6 @@ def _blocks(dim: int) -> tuple[dict, dict]:
             dict(BLOCK_E=4, BLOCK_D=min(width, 256), num_warps=4))
 
 
-def _check_features(name: str, features: torch.Tensor) -> None:
-    if features.dim() != 2 or features.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be 2-D with a dtype in {_FLOAT_DTYPES}, "
-                         f"got {tuple(features.shape)} {features.dtype}")
-    if features.shape[1] > 1 and features.stride(1) != 1:
-        raise ValueError(f"{name} must have unit inner stride, got strides {features.stride()}")
-
-
 def _check_vector(name: str, values: torch.Tensor, length: int, dtype: torch.dtype, device: torch.device) -> None:
     wrong = values.dtype != dtype or values.shape != (length,) or values.device != device
     if wrong or not values.is_contiguous():
@@ -252,11 +251,11 @@ def batch_hard_mine_backward(
     """
     if metric not in METRIC_CODES:
         raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
-    _check_features("anchors", anchors)
+    check_features("anchors", anchors)
     same_rows = candidates is None
     rows = anchors if same_rows else candidates
     if not same_rows:
-        _check_features("candidates", candidates)
+        check_features("candidates", candidates)
         mismatch = candidates.dtype != anchors.dtype or candidates.device != anchors.device
         if mismatch or candidates.shape[1] != anchors.shape[1]:
             raise ValueError(f"candidates {tuple(candidates.shape)} {candidates.dtype} on {candidates.device} do not "
