@@ -1,10 +1,17 @@
 """Backend discovery and selection: one public op, several implementations.
 
-Order of preference by input device (documented in README):
-    cuda tensors: cuda -> triton -> torch -> reference
+Order of preference by input device and dtype (`default_order`, documented in README):
+    cuda tensors, float16/bfloat16 (and float32 while torch.backends.cuda.matmul.allow_tf32 is on):
+                  triton -> cuda -> torch -> reference   (tensor cores through tl.dot)
+    cuda tensors, IEEE float32, float64 and the rest:
+                  cuda -> triton -> torch -> reference   (the CUDA kernels are SIMT FP32/FP64)
     cpu tensors:  cpu -> torch -> reference       (triton only when forced and TRITON_INTERPRET=1)
-"torch" is an op composed of torch operations that runs on the input's device (today re_ranking and
-evaluate have one); it calls other reidfast ops on their own default backends.
+The half-precision order is provisional: it follows the peak rates of tensor cores versus SIMT FMA and
+waits for a benchmark on a card. An op may narrow the order per device (evaluate skips torch on the host)
+and an implementation may refuse a call it cannot take (a top-k kernel's largest k); selection then moves on
+to the next backend, and a forced backend that refuses hands the call to the op's declared fallback.
+"torch" is an op composed of torch operations that runs on the input's device (today re_ranking, evaluate and
+topk_distance's chunked path have one); it calls other reidfast ops on their own default backends.
 `REIDFAST_BACKEND=<name>` or `with reidfast.use_backend(<name>):` forces one; forcing one that is not usable
 raises BackendUnavailableError saying why and how to get it.
 """
@@ -22,7 +29,8 @@ import torch
 from . import _native
 
 BACKEND_NAMES = ("cuda", "triton", "cpu", "torch", "reference")
-_DEFAULT_ORDER = {"cuda": ("cuda", "triton", "torch", "reference"), "cpu": ("cpu", "torch", "reference")}
+# Dtypes whose products run on tensor cores in the Triton kernels (tl.dot) but on SIMT FMA in the CUDA kernels.
+TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("reidfast_backend", default=None)
 
 
@@ -69,6 +77,27 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def prefers_tensor_cores(dtype: torch.dtype | None, allow_tf32: bool) -> bool:
+    """Whether CUDA inputs of `dtype` go to the Triton kernels (tensor cores) before the CUDA kernels (SIMT):
+    float16/bfloat16, and float32 when TF32 matmuls are allowed. Provisional until a card benchmark."""
+    return dtype in TENSOR_CORE_DTYPES or (dtype == torch.float32 and allow_tf32)
+
+
+def default_order(device_type: str, dtype: torch.dtype | None = None, allow_tf32: bool | None = None) -> tuple[str, ...]:
+    """The backends to try, best first, for inputs on `device_type` of `dtype` (None: unknown).
+
+    allow_tf32: None reads torch.backends.cuda.matmul.allow_tf32 (what torch.mm and the Triton kernels follow).
+    """
+    if device_type == "cuda":
+        tf32 = torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else allow_tf32
+        if prefers_tensor_cores(dtype, tf32):
+            return ("triton", "cuda", "torch", "reference")
+        return ("cuda", "triton", "torch", "reference")
+    if device_type == "cpu":
+        return ("cpu", "torch", "reference")
+    return ("reference",)
+
+
 def _cuda_info() -> BackendInfo:
     return _cuda_emulator_info() if _native.emulating_cuda() else _cuda_device_info()
 
@@ -99,7 +128,9 @@ def _cuda_device_info() -> BackendInfo:
     details["device_count"] = _native._C.cuda_device_count()
     if details["device_count"] == 0:
         return BackendInfo("cuda", False, "CUDA kernels built, but the CUDA runtime finds no device", details=details)
-    return BackendInfo("cuda", True, f"CUDA kernels for sm {build.get('cuda_architectures')}", ("cuda",), details)
+    details["default_for"] = "CUDA inputs in IEEE float32 or float64 (SIMT FMA; half precision goes to triton first)"
+    return BackendInfo("cuda", True, f"CUDA kernels for sm {build.get('cuda_architectures')}; first for IEEE "
+                       "float32/float64 CUDA inputs", ("cuda",), details)
 
 
 def _triton_info() -> BackendInfo:
@@ -118,7 +149,10 @@ def _triton_info_cached(interpret: bool) -> BackendInfo:
         return BackendInfo(
             "triton", False, f"triton {version} needs a CUDA device (or TRITON_INTERPRET=1 to run it on CPU)", details=details
         )
-    return BackendInfo("triton", True, f"triton {version}", ("cuda",), details)
+    details["default_for"] = ("CUDA inputs in float16/bfloat16, and float32 while allow_tf32 is on (tensor cores "
+                              "via tl.dot; provisional until a card benchmark)")
+    return BackendInfo("triton", True, f"triton {version}; first for float16/bfloat16 CUDA inputs and float32 under "
+                       "allow_tf32 (tensor cores; order provisional)", ("cuda",), details)
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,7 +172,7 @@ def _cpu_info() -> BackendInfo:
 def _torch_info() -> BackendInfo:
     devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     return BackendInfo(
-        "torch", True, f"torch {torch.__version__} ops on the input's device (ops that have one: re_ranking, evaluate)", devices
+        "torch", True, f"torch {torch.__version__} ops on the input's device (ops that have one: re_ranking, evaluate, topk_distance)", devices
     )
 
 
@@ -183,37 +217,75 @@ def use_backend(name: str | None) -> Iterator[None]:
         _forced_backend.reset(token)
 
 
-class Op:
-    """One public op's implementations, by backend name."""
+# refuses(device, dtype, **call) -> why an implementation cannot take this call, or None when it can.
+Refusal = Callable[..., "str | None"]
 
-    def __init__(self, name: str) -> None:
+
+class Op:
+    """One public op's implementations, by backend name.
+
+    order: per device type, the op's own preference (default: `default_order`).
+    any_device: backends that take inputs from any device (they stream them to the host), when forced.
+    fallback: the backend that takes a call a forced backend refuses (e.g. top-k beyond a kernel's k limit).
+    """
+
+    def __init__(self, name: str, *, order: dict[str, tuple[str, ...]] | None = None,
+                 any_device: tuple[str, ...] = (), fallback: str | None = None) -> None:
         self.name = name
         self.implementations: dict[str, Callable[..., Any]] = {}
+        self.refusals: dict[str, Refusal] = {}
+        self.order = dict(order or {})
+        self.any_device = any_device
+        self.fallback = fallback
 
-    def register(self, backend: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, backend: str, *, refuses: Refusal | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
-            self.implementations[_check_name(backend, "register")] = function
+            name = _check_name(backend, "register")
+            self.implementations[name] = function
+            if refuses is not None:
+                self.refusals[name] = refuses
             return function
 
         return decorator
 
-    def select(self, device: torch.device) -> tuple[str, Callable[..., Any]]:
-        """The backend name and implementation to run on tensors of `device`."""
+    def _refusal(self, name: str, device: torch.device, dtype: torch.dtype | None, call: dict[str, Any]) -> str | None:
+        refuses = self.refusals.get(name)
+        return None if refuses is None else refuses(device, dtype, **call)
+
+    def candidates(self, device: torch.device, dtype: torch.dtype | None = None) -> tuple[str, ...]:
+        """This op's backends in order of preference for inputs on `device` of `dtype`."""
+        order = self.order.get(device.type) or default_order(device.type, dtype)
+        return tuple(name for name in order if name in self.implementations)
+
+    def select(self, device: torch.device, dtype: torch.dtype | None = None, **call: Any) -> tuple[str, Callable[..., Any]]:
+        """The backend name and implementation to run on inputs on `device` of `dtype`; `call` holds the
+        facts an implementation's refusal looks at (e.g. k for top-k)."""
         forced = requested_backend()
         report = backends()
         if forced is not None:
-            if forced not in self.implementations:
-                have = ", ".join(n for n in BACKEND_NAMES if n in self.implementations)
-                raise BackendUnavailableError(f"{self.name} has no {forced!r} implementation (it has: {have})")
-            info = report[forced]
-            if not info.available:
-                raise BackendUnavailableError(f"backend {forced!r} was forced but is not usable: {info.reason}")
-            if device.type not in info.devices:
-                raise BackendUnavailableError(
-                    f"backend {forced!r} runs on {'/'.join(info.devices)} tensors, but the input is on {device}"
-                )
-            return forced, self.implementations[forced]
-        for name in _DEFAULT_ORDER.get(device.type, ("reference",)):
-            if name in self.implementations and report[name].available and device.type in report[name].devices:
+            return self._forced(forced, report, device, dtype, call)
+        for name in self.candidates(device, dtype):
+            info = report[name]
+            if info.available and device.type in info.devices and self._refusal(name, device, dtype, call) is None:
                 return name, self.implementations[name]
         return "reference", self.implementations["reference"]
+
+    def _forced(self, forced: str, report: BackendReport, device: torch.device, dtype: torch.dtype | None,
+                call: dict[str, Any]) -> tuple[str, Callable[..., Any]]:
+        if forced not in self.implementations:
+            have = ", ".join(n for n in BACKEND_NAMES if n in self.implementations)
+            raise BackendUnavailableError(f"{self.name} has no {forced!r} implementation (it has: {have})")
+        info = report[forced]
+        if not info.available:
+            raise BackendUnavailableError(f"backend {forced!r} was forced but is not usable: {info.reason}")
+        if device.type not in info.devices and forced not in self.any_device:
+            raise BackendUnavailableError(
+                f"backend {forced!r} runs on {'/'.join(info.devices)} tensors, but the input is on {device}"
+            )
+        reason = self._refusal(forced, device, dtype, call)
+        if reason is None:
+            return forced, self.implementations[forced]
+        fallback = self.fallback
+        if fallback in self.implementations and self._refusal(fallback, device, dtype, call) is None:
+            return fallback, self.implementations[fallback]
+        raise BackendUnavailableError(f"{self.name}: backend {forced!r} was forced but cannot take this call: {reason}")

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 import reidfast
 from reidfast import _dispatch
+from reidfast.kernels.torch import evaluate as torch_evaluate
 from reidfast.ops import evaluation as evaluation_op
+from reidfast.ops.evaluation import backends as evaluation_backends, checks as evaluation_checks, cuhk03, pairwise_sum
 from reidfast.reference.evaluation import evaluate_cuhk03, evaluate_market1501
 from reidfast.reference.rerank import re_ranking
 
@@ -121,8 +123,8 @@ CASES = {
 
 def small_chunks(monkeypatch, rows, num_gallery):
     """Make the torch backend work on about `rows` query rows per chunk (at least 1; fewer with CUHK03)."""
-    budget = rows * num_gallery * evaluation_op._DEVICE_BYTES_PER_DISTANCE
-    monkeypatch.setattr(evaluation_op, "DEVICE_CHUNK_BYTES", {"cpu": budget, "cuda": budget})
+    budget = rows * num_gallery * evaluation_backends._DEVICE_BYTES_PER_DISTANCE
+    monkeypatch.setattr(evaluation_backends, "DEVICE_CHUNK_BYTES", {"cpu": budget, "cuda": budget})
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -167,8 +169,8 @@ def test_native_per_query_ranks_match_a_brute_force_count():
     """The per-query outputs of the native pass: rank by counting, independent of any sort."""
     rng = np.random.default_rng(3)
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 25, 120, 8, 3, ties=True)
-    labels = evaluation_op._validate(distmat, q_pids, g_pids, q_camids, g_camids, 50)[1]
-    first_rank, average_precision, inverse_negative_penalty = evaluation_op._cpu_per_query(
+    labels = evaluation_checks.validate(distmat, q_pids, g_pids, q_camids, g_camids, 50)[1]
+    first_rank, average_precision, inverse_negative_penalty = evaluation_backends._cpu_per_query(
         torch.from_numpy(distmat), labels
     )
     for q in range(distmat.shape[0]):
@@ -201,7 +203,7 @@ def test_native_per_query_ranks_match_a_brute_force_count():
 def test_dtypes_and_strides_equal_the_reference(monkeypatch, backend, convert):
     """The cpu backend copies these (widening, transposing) block by block, the torch backend sorts them as
     they are, chunk by chunk: tiny blocks and chunks exercise both."""
-    monkeypatch.setattr(evaluation_op, "COPY_BLOCK_BYTES", 300 * 8)  # 1 row per block
+    monkeypatch.setattr(evaluation_backends, "COPY_BLOCK_BYTES", 300 * 8)  # 1 row per block
     small_chunks(monkeypatch, rows=2, num_gallery=300)
     rng = np.random.default_rng(11)
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 9, 300, 10, 3)
@@ -289,7 +291,7 @@ def test_cuhk03_fast_backends_equal_reference(monkeypatch, case, backend):
     if case == "one-camera-per-gallery-identity":
         q_camids = q_camids + 1  # ...queries come from another camera: every query is valid
     # Blocks of 3 queries (cpu draws, torch chunks): the draws must continue across blocks in query order.
-    monkeypatch.setattr(evaluation_op, "CUHK03_DRAW_BLOCK_BYTES", 3 * 2 * 8 * num_repeats * np.unique(g_pids).size)
+    monkeypatch.setattr(cuhk03, "CUHK03_DRAW_BLOCK_BYTES", 3 * 2 * 8 * num_repeats * np.unique(g_pids).size)
     small_chunks(monkeypatch, rows=3, num_gallery=num_gallery)
     for seed in (0, 1, 12345):
         kwargs = dict(max_rank=max_rank, num_repeats=num_repeats, seed=seed)
@@ -360,8 +362,8 @@ def test_cuhk03_sampled_ranks_match_a_literal_sampled_gallery(backend):
     rng = np.random.default_rng(5)
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 12, 90, 6, 3, ties=True)
     q_pids[3] = 99  # a skipped query: no draws, rank 0
-    labels = evaluation_op._validate(distmat, q_pids, g_pids, q_camids, g_camids, 20)[1]
-    sampling = evaluation_op._Cuhk03Sampling(labels, num_repeats=4, seed=9)
+    labels = evaluation_checks.validate(distmat, q_pids, g_pids, q_camids, g_camids, 20)[1]
+    sampling = cuhk03.Cuhk03Sampling(labels, num_repeats=4, seed=9)
     offsets, valid_rows = sampling.draw(0, 12), sampling.valid_rows(0, 12)
     expected = brute_force_sampled_ranks(distmat, q_pids, g_pids, q_camids, g_camids, offsets)
     assert (expected[valid_rows] > 1).any() and valid_rows.size < 12  # a meaningful case: skipped rows too
@@ -372,11 +374,11 @@ def test_cuhk03_sampled_ranks_match_a_literal_sampled_gallery(backend):
             *(view(t) for t in (torch.from_numpy(distmat), labels.q_pids, labels.g_pids, labels.q_camids, labels.g_camids,
                                 sampling.identity, torch.from_numpy(offsets), torch.from_numpy(ranks))))
     else:
-        sampling = evaluation_op._Cuhk03Sampling(labels, num_repeats=4, seed=9)  # the same draws again
-        num_matches, _, _, match_gallery_index = evaluation_op._match_positions_torch(
+        sampling = cuhk03.Cuhk03Sampling(labels, num_repeats=4, seed=9)  # the same draws again
+        num_matches, _, _, match_gallery_index = torch_evaluate.match_positions(
             torch.from_numpy(distmat), labels.q_pids, labels.g_pids, labels.q_camids, labels.g_camids)
         ranks = np.zeros((12, 4), dtype=np.int64)
-        ranks[valid_rows] = evaluation_op._cuhk03_sampled_ranks_torch(
+        ranks[valid_rows] = torch_evaluate.cuhk03_sampled_ranks(
             torch.from_numpy(distmat), sampling, 0, 12, num_matches, match_gallery_index, sampling.identity)
     np.testing.assert_array_equal(ranks, expected)
 
@@ -399,12 +401,12 @@ def test_native_cuhk03_pass_rejects_an_offset_past_the_matches():
 @pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64])
 def test_native_draws_reproduce_numpy(bit_generator):
     # The self-check that enables the native draws passes with this numpy, so the fast path is what runs.
-    assert evaluation_op._native_draws_match_numpy(bit_generator)
+    assert cuhk03.native_draws_match_numpy(bit_generator)
     images_per_identity = np.array([3, 1, 8, 2**31 + 5, 40], dtype=np.int64)
     own_identity, num_matches = np.array([2, 0, 4, 1], dtype=np.int64), np.array([5, 0, 1, 2], dtype=np.int64)
     native_rng, numpy_rng = np.random.Generator(bit_generator(3)), np.random.Generator(bit_generator(3))
     offsets = np.full((4, 50, 5), -1, dtype=np.int64)
-    evaluation_op._native_draw(native_rng, images_per_identity, own_identity, num_matches, offsets)
+    cuhk03.native_draw(native_rng, images_per_identity, own_identity, num_matches, offsets)
     for q in range(4):
         if num_matches[q] == 0:
             assert (offsets[q] == -1).all()  # a skipped query: untouched, no draws
@@ -418,8 +420,8 @@ def test_native_draws_reproduce_numpy(bit_generator):
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_cuhk03_with_numpy_draws_equals_reference(monkeypatch, backend):
     """The fallback when the native draws are unavailable: one Generator.integers call per block."""
-    monkeypatch.setattr(evaluation_op, "_native_draws_match_numpy", lambda bit_generator_type: False)
-    monkeypatch.setattr(evaluation_op, "CUHK03_DRAW_BLOCK_BYTES", 4 * 2 * 8 * 5 * 20)  # 4 queries per block
+    monkeypatch.setattr(cuhk03, "native_draws_match_numpy", lambda bit_generator_type: False)
+    monkeypatch.setattr(cuhk03, "CUHK03_DRAW_BLOCK_BYTES", 4 * 2 * 8 * 5 * 20)  # 4 queries per block
     small_chunks(monkeypatch, rows=4, num_gallery=150)
     rng = np.random.default_rng(31)
     args = random_problem(rng, 30, 150, 20, 3)
@@ -438,8 +440,8 @@ def test_cuhk03_consumes_a_given_generator_as_the_reference_does(backend):
 
 
 def test_cuhk03_draws_must_follow_the_query_order():
-    labels = evaluation_op._validate(np.zeros((4, 3)), [1, 2, 1, 2], [1, 2, 2], [0, 0, 0, 0], [1, 1, 1], 3)[1]
-    sampling = evaluation_op._Cuhk03Sampling(labels, num_repeats=2, seed=0)
+    labels = evaluation_checks.validate(np.zeros((4, 3)), [1, 2, 1, 2], [1, 2, 2], [0, 0, 0, 0], [1, 1, 1], 3)[1]
+    sampling = cuhk03.Cuhk03Sampling(labels, num_repeats=2, seed=0)
     sampling.draw(0, 2)
     with pytest.raises(RuntimeError, match="expected query 2, got 3"):
         sampling.draw(3, 4)
@@ -461,7 +463,7 @@ def sparse_sums(positions_per_vector, values_per_vector, lengths):
     segment = np.repeat(np.arange(len(lengths)), [len(p) for p in positions_per_vector])
     position = np.concatenate([np.asarray(p, dtype=np.int64) for p in positions_per_vector] + [np.zeros(0, np.int64)])
     value = np.concatenate([np.asarray(v, dtype=np.float64) for v in values_per_vector] + [np.zeros(0)])
-    return evaluation_op._numpy_sum_of_sparse(segment, position, value, np.asarray(lengths, dtype=np.int64))
+    return pairwise_sum.numpy_sum_of_sparse(segment, position, value, np.asarray(lengths, dtype=np.int64))
 
 
 def test_sparse_pairwise_sum_is_numpys_sum_around_block_boundaries():
@@ -525,7 +527,7 @@ def test_result_ranks_summary_and_dict():
     assert isinstance(result, reidfast.RankingResult)
     assert (result.rank1, result.rank5, result.rank10) == (float(result.cmc[0]), float(result.cmc[4]), float(result.cmc[9]))
     assert math.isnan(result.cmc_at(21))  # past max_rank: unknown
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match="k: expected an integer >= 1"):
         result.cmc_at(0)
     text = result.summary()
     assert "Market-1501" in text and f"{100 * result.mAP:6.2f}%" in text and "Rank-10" in text
@@ -559,11 +561,11 @@ GOOD = (np.zeros((2, 3)), [1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
         (0, np.zeros(3), "distmat: expected a 2-D"),
         (0, np.zeros((0, 3)), "distmat: expected at least one query row"),
         (0, np.zeros((2, 3), dtype=bool), "distmat: expected real distances"),
-        (0, np.array([[0.0, np.nan, 1], [0, 0, 0]]), r"distmat: contains 1 NaN distance"),
-        (1, [1, 2, 3], "q_pids: has length 3 but distmat has 2 rows"),
-        (2, [1, 2], "g_pids: has length 2 but distmat has 3 columns"),
-        (3, [0], "q_camids: has length 1 but distmat has 2 rows"),
-        (4, [1, 1, 1, 1], "g_camids: has length 4 but distmat has 3 columns"),
+        (0, np.array([[0.0, np.nan, 1], [0, 0, 0]]), r"distmat: expected comparable distances .*, got 1 NaN distance"),
+        (1, [1, 2, 3], r"q_pids: expected length 2 \(distmat\'s rows \(queries\)\), got 3"),
+        (2, [1, 2], r"g_pids: expected length 3 \(distmat\'s columns \(gallery items\)\), got 2"),
+        (3, [0], r"q_camids: expected length 2 \(distmat\'s rows \(queries\)\), got 1"),
+        (4, [1, 1, 1, 1], r"g_camids: expected length 3 \(distmat\'s columns \(gallery items\)\), got 4"),
         (1, [[1, 2]], "q_pids: expected a 1-D array"),
         (2, [1.5, 2, 3], "g_pids: expected integer labels"),
         (3, [True, False], "q_camids: expected integer labels"),
@@ -582,9 +584,9 @@ def test_infinite_distances_are_allowed_and_nan_is_counted_across_blocks(monkeyp
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 20, 50, 6, 3)
     distmat[0, :10], distmat[1, 5:20] = np.inf, -np.inf  # the sum is NaN, yet there is no NaN
     assert_same_result(run_evaluate(backend, distmat, q_pids, g_pids, q_camids, g_camids), reference_market(distmat, q_pids, g_pids, q_camids, g_camids))
-    monkeypatch.setattr(evaluation_op, "_NAN_CHECK_BLOCK_ELEMENTS", 60)  # one row per block
+    monkeypatch.setattr(evaluation_checks, "_NAN_CHECK_BLOCK_ELEMENTS", 60)  # one row per block
     distmat[[2, 3, 19], [0, 7, 49]] = np.nan
-    with reidfast.use_backend(backend), pytest.raises(ValueError, match="distmat: contains 3 NaN distance"):
+    with reidfast.use_backend(backend), pytest.raises(ValueError, match="distmat: expected comparable distances .*, got 3 NaN distance"):
         reidfast.evaluate(distmat, q_pids, g_pids, q_camids, g_camids)
 
 

@@ -153,6 +153,228 @@ struct SparseRow {
   std::vector<float> value;
 };
 
+// Each row's first items, from rerank_topk_block: row i is rank + i * stride.
+struct RankRows {
+  const int64_t* rank = nullptr;
+  int64_t stride = 0;
+  const int64_t* row(int64_t i) const { return rank + i * stride; }
+};
+
+// R(i, k): the j among the k+1 first of row i whose own k+1 first contain i, in row i's order.
+void reciprocal(const RankRows& ranks, int64_t i, int64_t k, std::vector<int32_t>& result) {
+  result.clear();
+  const int64_t* forward = ranks.row(i);
+  for (int64_t a = 0; a <= k; ++a) {
+    const int64_t* backward = ranks.row(forward[a]);
+    for (int64_t b = 0; b <= k; ++b) {
+      if (backward[b] == i) {
+        result.push_back(static_cast<int32_t>(forward[a]));
+        break;
+      }
+    }
+  }
+}
+
+// Validates the pair-distance inputs (see rerank.h) and wraps them; features: squared norms precomputed.
+PairSource make_pair_source(const ArrayView& features, Metric metric, const ArrayView& q_g, const ArrayView& q_q,
+                            const ArrayView& g_g, int64_t num_query, int64_t n) {
+  const int64_t num_gallery = n - num_query;
+  PairSource source;
+  source.num_query = num_query;
+  if (features.ndim() == 2) {
+    check_matrix(features, "features", false);
+    check(features.dtype == DType::Float32 && features.size(0) == n, "features: expected float32 (N, D)");
+    check(metric == Metric::Euclidean || metric == Metric::Cosine, "metric: expected euclidean or cosine");
+    source.from_features = true;
+    source.features = features.ptr<float>();
+    source.dim = features.size(1);
+    source.s_f = features.stride(0);
+    source.metric = metric;
+    source.sq_norms.resize(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* a = source.features + i * source.s_f;
+      double s = 0.0;
+      for (int64_t t = 0; t < source.dim; ++t) s += static_cast<double>(a[t]) * static_cast<double>(a[t]);
+      source.sq_norms[static_cast<size_t>(i)] = s;
+    }
+    return source;
+  }
+  check_matrix(q_g, "q_g", false);
+  check_matrix(q_q, "q_q", false);
+  check_matrix(g_g, "g_g", false);
+  check(q_g.dtype == q_q.dtype && q_g.dtype == g_g.dtype &&
+            (q_g.dtype == DType::Float32 || q_g.dtype == DType::Float64),
+        "q_g, q_q, g_g: expected one dtype, float32 or float64");
+  check(q_g.size(0) == num_query && q_g.size(1) == num_gallery && q_q.size(0) == num_query &&
+            q_q.size(1) == num_query && g_g.size(0) == num_gallery && g_g.size(1) == num_gallery,
+        "q_g, q_q, g_g: expected shapes (Q, G), (Q, Q), (G, G)");
+  source.is_double = q_g.dtype == DType::Float64;
+  source.q_g = q_g.data;
+  source.q_q = q_q.data;
+  source.g_g = g_g.data;
+  source.s_qg = q_g.stride(0);
+  source.s_qq = q_q.stride(0);
+  source.s_gg = g_g.stride(0);
+  return source;
+}
+
+// Phase 1 (the torch backend's _reciprocal_mask at round(k1/2)): R(i, half) of every row.
+std::vector<std::vector<int32_t>> half_reciprocal_sets(const RankRows& ranks, int64_t n, int64_t half) {
+  std::vector<std::vector<int32_t>> sets(static_cast<size_t>(n));
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t i = 0; i < n; ++i) reciprocal(ranks, i, half, sets[static_cast<size_t>(i)]);
+  return sets;
+}
+
+// Phase 2, steps 3-5 (_weights): each row's expanded k-reciprocal set (R(i, k1) plus every R(c, half) of its
+// members c sharing more than 2/3 of its items with R(i, k1)), weighted exp(-d) and normalised to sum 1.
+std::vector<SparseRow> weights(const RankRows& ranks, const PairSource& source, const float* row_max, int64_t n,
+                               int64_t k1, const std::vector<std::vector<int32_t>>& half_sets) {
+  std::vector<SparseRow> rows(static_cast<size_t>(n));
+#pragma omp parallel
+  {
+    std::vector<int64_t> in_reciprocal(static_cast<size_t>(n), -1), in_expanded(static_cast<size_t>(n), -1);
+    std::vector<int32_t> recip, expanded;
+    std::vector<float> w;
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t i = 0; i < n; ++i) {
+      reciprocal(ranks, i, k1, recip);
+      expanded.clear();
+      for (int32_t x : recip) {
+        in_reciprocal[static_cast<size_t>(x)] = i;
+        in_expanded[static_cast<size_t>(x)] = i;
+        expanded.push_back(x);
+      }
+      for (int32_t c : recip) {
+        const std::vector<int32_t>& candidate = half_sets[static_cast<size_t>(c)];
+        int64_t overlap = 0;
+        for (int32_t x : candidate) overlap += in_reciprocal[static_cast<size_t>(x)] == i;
+        if (static_cast<double>(overlap) > 2.0 / 3.0 * static_cast<double>(candidate.size())) {
+          for (int32_t x : candidate) {
+            if (in_expanded[static_cast<size_t>(x)] != i) {
+              in_expanded[static_cast<size_t>(x)] = i;
+              expanded.push_back(x);
+            }
+          }
+        }
+      }
+      std::sort(expanded.begin(), expanded.end());
+      w.resize(expanded.size());
+      for (size_t t = 0; t < expanded.size(); ++t) w[t] = std::exp(-source.squared(i, expanded[t]) / row_max[i]);
+      const float total = pairwise_sum(w.data(), static_cast<int64_t>(w.size()));
+      SparseRow& row = rows[static_cast<size_t>(i)];
+      row.index = expanded;
+      row.value.resize(w.size());
+      for (size_t t = 0; t < w.size(); ++t) row.value[t] = w[t] / total;
+    }
+  }
+  return rows;
+}
+
+// Phase 3, step 6 (_query_expansion): row i becomes the mean of the rows of its k2 first items (self
+// included), summed in rank order.
+std::vector<SparseRow> query_expansion(const std::vector<SparseRow>& weight_rows, const RankRows& ranks, int64_t n,
+                                       int64_t k2) {
+  std::vector<SparseRow> rows(static_cast<size_t>(n));
+#pragma omp parallel
+  {
+    std::vector<float> acc(static_cast<size_t>(n), 0.0f);
+    std::vector<int64_t> seen(static_cast<size_t>(n), -1);
+    std::vector<int32_t> touched;
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t i = 0; i < n; ++i) {
+      touched.clear();
+      const int64_t* first = ranks.row(i);
+      for (int64_t a = 0; a < k2; ++a) {
+        const SparseRow& source_row = weight_rows[static_cast<size_t>(first[a])];
+        for (size_t t = 0; t < source_row.index.size(); ++t) {
+          const int32_t j = source_row.index[t];
+          if (seen[static_cast<size_t>(j)] != i) {
+            seen[static_cast<size_t>(j)] = i;
+            acc[static_cast<size_t>(j)] = 0.0f;
+            touched.push_back(j);
+          }
+          acc[static_cast<size_t>(j)] += source_row.value[t];
+        }
+      }
+      std::sort(touched.begin(), touched.end());
+      SparseRow& row = rows[static_cast<size_t>(i)];
+      row.index = touched;
+      row.value.resize(touched.size());
+      const float count = static_cast<float>(k2);
+      for (size_t t = 0; t < touched.size(); ++t) row.value[t] = acc[static_cast<size_t>(touched[t])] / count;
+    }
+  }
+  return rows;
+}
+
+// The gallery rows by column: column j's entries are [column_start[j], column_start[j + 1]) of (item: gallery
+// item, increasing; value).
+struct InvertedIndex {
+  std::vector<int64_t> column_start;
+  std::vector<int32_t> item;
+  std::vector<float> value;
+};
+
+// Phase 4, step 7 (gallery_inverted_index).
+InvertedIndex gallery_inverted_index(const std::vector<SparseRow>& weight_rows, int64_t num_query) {
+  const int64_t n = static_cast<int64_t>(weight_rows.size()), num_gallery = n - num_query;
+  InvertedIndex index;
+  std::vector<int64_t>& column_start = index.column_start;
+  column_start.assign(static_cast<size_t>(n) + 1, 0);
+  for (int64_t g = 0; g < num_gallery; ++g)
+    for (int32_t j : weight_rows[static_cast<size_t>(num_query + g)].index) ++column_start[static_cast<size_t>(j) + 1];
+  for (int64_t j = 0; j < n; ++j) column_start[static_cast<size_t>(j) + 1] += column_start[static_cast<size_t>(j)];
+  index.item.resize(static_cast<size_t>(column_start.back()));
+  index.value.resize(static_cast<size_t>(column_start.back()));
+  std::vector<int64_t> fill(column_start.begin(), column_start.end() - 1);
+  for (int64_t g = 0; g < num_gallery; ++g) {
+    const SparseRow& row = weight_rows[static_cast<size_t>(num_query + g)];
+    for (size_t t = 0; t < row.index.size(); ++t) {
+      const int64_t at = fill[static_cast<size_t>(row.index[t])]++;
+      index.item[static_cast<size_t>(at)] = static_cast<int32_t>(g);
+      index.value[static_cast<size_t>(at)] = row.value[t];
+    }
+  }
+  return index;
+}
+
+// Phase 5, steps 7-8 (_jaccard): s = sum_j min(V[i, j], V[g, j]) in increasing j for the query rows,
+// jaccard = 1 - s / (2 - s), and out = jaccard * (1 - lambda) + out * lambda.
+void jaccard(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index, int64_t num_query,
+             double lambda_value, const ArrayView& out) {
+  const int64_t num_gallery = out.size(1), out_stride = out.stride(0);
+  const float keep = static_cast<float>(1.0 - lambda_value);
+  const float blend = static_cast<float>(lambda_value);
+  const std::vector<int64_t>& column_start = index.column_start;
+#pragma omp parallel
+  {
+    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < num_query; ++i) {
+      const SparseRow& row = weight_rows[static_cast<size_t>(i)];
+      for (size_t t = 0; t < row.index.size(); ++t) {
+        const int32_t j = row.index[t];
+        const float v = row.value[t];
+        for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
+          shared[static_cast<size_t>(index.item[static_cast<size_t>(at)])] +=
+              std::min(v, index.value[static_cast<size_t>(at)]);
+        }
+      }
+      float* result = out.ptr<float>() + i * out_stride;
+      for (int64_t g = 0; g < num_gallery; ++g) {
+        const float s = shared[static_cast<size_t>(g)];
+        const float jaccard_distance = 1.0f - s / (2.0f - s);
+        const float a = jaccard_distance * keep;
+        const float b = result[g] * blend;
+        result[g] = a + b;
+        shared[static_cast<size_t>(g)] = 0.0f;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int64_t rerank_half_k1(int64_t k1) {
@@ -186,7 +408,7 @@ void rerank_finish(const ArrayView& ranks, const ArrayView& row_max, const Array
                    int64_t k2, double lambda_value, const ArrayView& out) {
   check_matrix(ranks, "ranks", false);
   check(ranks.dtype == DType::Int64, "ranks: expected int64");
-  const int64_t n = ranks.size(0), width = ranks.size(1), rank_stride = ranks.stride(0);
+  const int64_t n = ranks.size(0), width = ranks.size(1);
   check(num_query >= 1 && num_query < n, "num_query: expected 1 <= Q < N");
   const int64_t num_gallery = n - num_query;
   check(k1 >= 1 && k1 < n && width >= k1 + 1, "ranks: expected at least k1 + 1 columns, 1 <= k1 < N");
@@ -196,194 +418,19 @@ void rerank_finish(const ArrayView& ranks, const ArrayView& row_max, const Array
   check_matrix(out, "out", false);
   check(out.dtype == DType::Float32 && out.size(0) == num_query && out.size(1) == num_gallery,
         "out: expected a float32 (Q, G) matrix");
+  const PairSource source = make_pair_source(features, metric, q_g, q_q, g_g, num_query, n);
+  const RankRows rank_rows{ranks.ptr<int64_t>(), ranks.stride(0)};
 
-  PairSource source;
-  source.num_query = num_query;
-  if (features.ndim() == 2) {
-    check_matrix(features, "features", false);
-    check(features.dtype == DType::Float32 && features.size(0) == n, "features: expected float32 (N, D)");
-    check(metric == Metric::Euclidean || metric == Metric::Cosine, "metric: expected euclidean or cosine");
-    source.from_features = true;
-    source.features = features.ptr<float>();
-    source.dim = features.size(1);
-    source.s_f = features.stride(0);
-    source.metric = metric;
-    source.sq_norms.resize(static_cast<size_t>(n));
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const float* a = source.features + i * source.s_f;
-      double s = 0.0;
-      for (int64_t t = 0; t < source.dim; ++t) s += static_cast<double>(a[t]) * static_cast<double>(a[t]);
-      source.sq_norms[static_cast<size_t>(i)] = s;
-    }
-  } else {
-    check_matrix(q_g, "q_g", false);
-    check_matrix(q_q, "q_q", false);
-    check_matrix(g_g, "g_g", false);
-    check(q_g.dtype == q_q.dtype && q_g.dtype == g_g.dtype &&
-              (q_g.dtype == DType::Float32 || q_g.dtype == DType::Float64),
-          "q_g, q_q, g_g: expected one dtype, float32 or float64");
-    check(q_g.size(0) == num_query && q_g.size(1) == num_gallery && q_q.size(0) == num_query &&
-              q_q.size(1) == num_query && g_g.size(0) == num_gallery && g_g.size(1) == num_gallery,
-          "q_g, q_q, g_g: expected shapes (Q, G), (Q, Q), (G, G)");
-    source.is_double = q_g.dtype == DType::Float64;
-    source.q_g = q_g.data;
-    source.q_q = q_q.data;
-    source.g_g = g_g.data;
-    source.s_qg = q_g.stride(0);
-    source.s_qq = q_q.stride(0);
-    source.s_gg = g_g.stride(0);
-  }
-
-  const int64_t* rank = ranks.ptr<int64_t>();
-  const float* maxima = row_max.ptr<float>();
-  auto rank_row = [&](int64_t i) { return rank + i * rank_stride; };
-  auto dist = [&](int64_t i, int64_t j) { return source.squared(i, j) / maxima[i]; };
-  // R(i, k): the j among the k+1 first of row i whose own k+1 first contain i, in row i's order.
-  auto reciprocal = [&](int64_t i, int64_t k, std::vector<int32_t>& result) {
-    result.clear();
-    const int64_t* forward = rank_row(i);
-    for (int64_t a = 0; a <= k; ++a) {
-      const int64_t* backward = rank_row(forward[a]);
-      for (int64_t b = 0; b <= k; ++b) {
-        if (backward[b] == i) {
-          result.push_back(static_cast<int32_t>(forward[a]));
-          break;
-        }
-      }
-    }
-  };
-
-  const int64_t half = rerank_half_k1(k1);
-  std::vector<std::vector<int32_t>> half_reciprocal(static_cast<size_t>(n));
-#pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t i = 0; i < n; ++i) reciprocal(i, half, half_reciprocal[static_cast<size_t>(i)]);
-
-  // Steps 3-5: expanded k-reciprocal sets and their exp(-d) weights, normalised per row.
-  std::vector<SparseRow> weights(static_cast<size_t>(n));
-#pragma omp parallel
+  std::vector<SparseRow> weight_rows;
   {
-    std::vector<int64_t> in_reciprocal(static_cast<size_t>(n), -1), in_expanded(static_cast<size_t>(n), -1);
-    std::vector<int32_t> recip, expanded;
-    std::vector<float> w;
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t i = 0; i < n; ++i) {
-      reciprocal(i, k1, recip);
-      expanded.clear();
-      for (int32_t x : recip) {
-        in_reciprocal[static_cast<size_t>(x)] = i;
-        in_expanded[static_cast<size_t>(x)] = i;
-        expanded.push_back(x);
-      }
-      for (int32_t c : recip) {
-        const std::vector<int32_t>& candidate = half_reciprocal[static_cast<size_t>(c)];
-        int64_t overlap = 0;
-        for (int32_t x : candidate) overlap += in_reciprocal[static_cast<size_t>(x)] == i;
-        if (static_cast<double>(overlap) > 2.0 / 3.0 * static_cast<double>(candidate.size())) {
-          for (int32_t x : candidate) {
-            if (in_expanded[static_cast<size_t>(x)] != i) {
-              in_expanded[static_cast<size_t>(x)] = i;
-              expanded.push_back(x);
-            }
-          }
-        }
-      }
-      std::sort(expanded.begin(), expanded.end());
-      w.resize(expanded.size());
-      for (size_t t = 0; t < expanded.size(); ++t) w[t] = std::exp(-dist(i, expanded[t]));
-      const float total = pairwise_sum(w.data(), static_cast<int64_t>(w.size()));
-      SparseRow& row = weights[static_cast<size_t>(i)];
-      row.index = expanded;
-      row.value.resize(w.size());
-      for (size_t t = 0; t < w.size(); ++t) row.value[t] = w[t] / total;
-    }
+    const std::vector<std::vector<int32_t>> half_sets = half_reciprocal_sets(rank_rows, n, rerank_half_k1(k1));
+    weight_rows = weights(rank_rows, source, row_max.ptr<float>(), n, k1, half_sets);
   }
-
-  // Step 6: local query expansion: mean of the k2 first rows (self included), summed in rank order.
-  if (k2 != 1) {
-    std::vector<SparseRow> expanded_weights(static_cast<size_t>(n));
-#pragma omp parallel
-    {
-      std::vector<float> acc(static_cast<size_t>(n), 0.0f);
-      std::vector<int64_t> seen(static_cast<size_t>(n), -1);
-      std::vector<int32_t> touched;
-#pragma omp for schedule(dynamic, 64)
-      for (int64_t i = 0; i < n; ++i) {
-        touched.clear();
-        const int64_t* first = rank_row(i);
-        for (int64_t a = 0; a < k2; ++a) {
-          const SparseRow& source_row = weights[static_cast<size_t>(first[a])];
-          for (size_t t = 0; t < source_row.index.size(); ++t) {
-            const int32_t j = source_row.index[t];
-            if (seen[static_cast<size_t>(j)] != i) {
-              seen[static_cast<size_t>(j)] = i;
-              acc[static_cast<size_t>(j)] = 0.0f;
-              touched.push_back(j);
-            }
-            acc[static_cast<size_t>(j)] += source_row.value[t];
-          }
-        }
-        std::sort(touched.begin(), touched.end());
-        SparseRow& row = expanded_weights[static_cast<size_t>(i)];
-        row.index = touched;
-        row.value.resize(touched.size());
-        const float count = static_cast<float>(k2);
-        for (size_t t = 0; t < touched.size(); ++t) row.value[t] = acc[static_cast<size_t>(touched[t])] / count;
-      }
-    }
-    weights.swap(expanded_weights);
-  }
-
-  // Step 7: inverted index over columns of the gallery rows, gallery items increasing within a column.
-  std::vector<int64_t> column_start(static_cast<size_t>(n) + 1, 0);
-  for (int64_t g = 0; g < num_gallery; ++g)
-    for (int32_t j : weights[static_cast<size_t>(num_query + g)].index) ++column_start[static_cast<size_t>(j) + 1];
-  for (int64_t j = 0; j < n; ++j) column_start[static_cast<size_t>(j) + 1] += column_start[static_cast<size_t>(j)];
-  std::vector<int32_t> column_item(static_cast<size_t>(column_start.back()));
-  std::vector<float> column_value(static_cast<size_t>(column_start.back()));
-  {
-    std::vector<int64_t> fill(column_start.begin(), column_start.end() - 1);
-    for (int64_t g = 0; g < num_gallery; ++g) {
-      const SparseRow& row = weights[static_cast<size_t>(num_query + g)];
-      for (size_t t = 0; t < row.index.size(); ++t) {
-        const int64_t at = fill[static_cast<size_t>(row.index[t])]++;
-        column_item[static_cast<size_t>(at)] = static_cast<int32_t>(g);
-        column_value[static_cast<size_t>(at)] = row.value[t];
-      }
-    }
-  }
+  if (k2 != 1) weight_rows = query_expansion(weight_rows, rank_rows, n, k2);
+  const InvertedIndex index = gallery_inverted_index(weight_rows, num_query);
   // Gallery rows are no longer needed: free them before the per-thread accumulators.
-  for (int64_t g = num_query; g < n; ++g) weights[static_cast<size_t>(g)] = SparseRow();
-
-  // Steps 7-8: s = sum_j min(V[i, j], V[g, j]) in increasing j, jaccard = 1 - s / (2 - s), blended.
-  const float keep = static_cast<float>(1.0 - lambda_value);
-  const float blend = static_cast<float>(lambda_value);
-  const int64_t out_stride = out.stride(0);
-#pragma omp parallel
-  {
-    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t i = 0; i < num_query; ++i) {
-      const SparseRow& row = weights[static_cast<size_t>(i)];
-      for (size_t t = 0; t < row.index.size(); ++t) {
-        const int32_t j = row.index[t];
-        const float v = row.value[t];
-        for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
-          shared[static_cast<size_t>(column_item[static_cast<size_t>(at)])] +=
-              std::min(v, column_value[static_cast<size_t>(at)]);
-        }
-      }
-      float* result = out.ptr<float>() + i * out_stride;
-      for (int64_t g = 0; g < num_gallery; ++g) {
-        const float s = shared[static_cast<size_t>(g)];
-        const float jaccard = 1.0f - s / (2.0f - s);
-        const float a = jaccard * keep;
-        const float b = result[g] * blend;
-        result[g] = a + b;
-        shared[static_cast<size_t>(g)] = 0.0f;
-      }
-    }
-  }
+  for (int64_t g = num_query; g < n; ++g) weight_rows[static_cast<size_t>(g)] = SparseRow();
+  jaccard(weight_rows, index, num_query, lambda_value, out);
 }
 
 }  // namespace cpu

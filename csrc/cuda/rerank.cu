@@ -1,5 +1,5 @@
 // The Jaccard stage of k-reciprocal re-ranking on the GPU: the sparse rows V of the published algorithm
-// (built by reidfast/kernels/torch_rerank.py on the device) in, the blended (Q, G) distances out.
+// (built by reidfast/kernels/torch/rerank.py on the device) in, the blended (Q, G) distances out.
 //
 // Work split
 //   Block (q, c) owns query row q and the gallery items [c * kChunk, (c + 1) * kChunk): their sums s live in
@@ -117,7 +117,7 @@ void rerank_jaccard(const ArrayView& query_crow, const ArrayView& entry_col, con
     fail(why.str());
   }
   // The kernel trusts the index contents (columns < N, items < G, sorted): they come from
-  // reidfast/kernels/torch_rerank.py, never from the user.
+  // reidfast/kernels/torch/rerank.py, never from the user.
 
   DeviceGuard device_guard(device);
   const cudaStream_t cuda_stream = reinterpret_cast<cudaStream_t>(stream);

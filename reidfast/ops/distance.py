@@ -126,7 +126,7 @@ def _pairwise_distance_triton(x: torch.Tensor, y: torch.Tensor, metric: str) -> 
 
 @torch.library.custom_op("reidfast::pairwise_distance", mutates_args=())
 def _pairwise_distance_op(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    _, implementation = PAIRWISE_DISTANCE.select(x.device)
+    _, implementation = PAIRWISE_DISTANCE.select(x.device, x.dtype)
     with torch.autocast(x.device.type, enabled=False):  # AMP policy: accumulate in float32, see README
         return implementation(x, y, metric)
 

@@ -17,7 +17,7 @@ matrix). On the features path the distances come from :func:`reidfast.pairwise_d
 instead of the reference's torch expression: identical up to float32 rounding, so only near-ties (e.g.
 duplicated features, whose distances are rounding noise) can order differently.
 
-The "torch" backend (reidfast/kernels/torch_rerank.py) is the same algorithm vectorised over rows in torch
+The "torch" backend (reidfast/kernels/torch/rerank.py) is the same algorithm vectorised over rows in torch
 ops, on the input's device (nothing is copied to the host; from features the distance blocks come from
 pairwise_distance's default kernels on that device), and the CPU fallback when the native module is missing
 (O(N*k1 + Q*G) memory, unlike the reference). Its inputs are validated where they live, with the
@@ -167,15 +167,15 @@ def _re_ranking_cpu(kind, data, k1, k2, lambda_value, chunk_size, progress):
 def _device_distance_block(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
     """(rows of x, rows of y) float32 distances from pairwise_distance's default backend on x's device."""
     with use_backend("auto"):  # a forced "torch" means this op only: the distances use the device's kernels
-        _, implementation = PAIRWISE_DISTANCE.select(x.device)
+        _, implementation = PAIRWISE_DISTANCE.select(x.device, x.dtype)
     return implementation(x, y, metric)
 
 
 @RE_RANKING.register("torch")
 def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=None):
-    """torch ops on the input's device (reidfast/kernels/torch_rerank.py): the default for CUDA/cupy inputs
+    """torch ops on the input's device (reidfast/kernels/torch/rerank.py): the default for CUDA/cupy inputs
     when the CUDA kernels are not built."""
-    from ..kernels import torch_rerank
+    from ..kernels.torch import rerank as torch_rerank
 
     num_query, num_gallery = (data[0].shape if kind == "distances" else (data[0].shape[0], data[1].shape[0]))
     device = data[0].device
@@ -193,7 +193,7 @@ def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, ja
 
 def _cuda_jaccard(csr, num_query, lambda_value, budget, out, tick):
     """Steps 7-8 by the CUDA kernel (csrc/cuda/rerank.cu): deterministic, in the published summation order."""
-    from ..kernels import torch_rerank
+    from ..kernels.torch import rerank as torch_rerank
 
     crow, col, val = csr
     column_start, index_item, index_val = torch_rerank.gallery_inverted_index(csr, num_query)

@@ -8,11 +8,25 @@ import torch
 
 from .. import _native
 from .._arrays import to_caller
-from .._dispatch import Op
+from .._dispatch import Op, requested_backend, use_backend
 from ..reference import distance as reference
-from .distance import _output_dtype, _unit_inner_stride, cpu_gemm_kernel, prepare_pair, row_block_size, same_rows
+from .distance import (_output_dtype, _pairwise_distance_op, _unit_inner_stride, cpu_gemm_kernel, prepare_pair,
+                       row_block_size, same_rows)
 
-TOPK_DISTANCE = Op("topk_distance")
+# k beyond a fused kernel's limit: the kernel refuses the call, and a forced one hands it to "torch" (row
+# chunks of the device's pairwise distance + a stable sort), whose distances still run on the forced backend.
+TOPK_DISTANCE = Op("topk_distance", fallback="torch")
+
+
+def _triton_refuses(device, dtype, *, k: int) -> str | None:
+    from ..kernels.triton.topk import MAX_K
+
+    return None if k <= MAX_K else f"k={k} is above the Triton kernel's limit of {MAX_K}"
+
+
+def _cuda_refuses(device, dtype, *, k: int) -> str | None:
+    max_k = _native.cuda_kernels().cuda_topk_max_k
+    return None if k <= max_k else f"k={k} is above the CUDA kernel's limit of {max_k}"
 
 
 @TOPK_DISTANCE.register("reference")
@@ -55,14 +69,16 @@ def _topk_cpu(x, y, k, metric, exclude_self):
     return values, indices
 
 
-def _topk_chunked(x, y, k, metric, exclude_self):
-    """Row chunks of the device's pairwise distance + a stable sort: for k beyond a GPU kernel's limit."""
-    from .distance import _pairwise_distance_op
-
+@TOPK_DISTANCE.register("torch")
+def _topk_torch(x, y, k, metric, exclude_self):
+    """Row chunks of pairwise distances on x's device + a stable sort: for k beyond the fused kernels' limits.
+    The distances come from the forced backend (the one whose kernel refused k), else the device's default."""
+    forced = requested_backend()
     values, indices = [], []
     step = row_block_size(y.shape[0], target_elements=1 << 24)
     for start in range(0, x.shape[0], step):
-        block = _pairwise_distance_op(x[start:start + step], y, metric)
+        with use_backend(None if forced == "torch" else forced):  # "torch" has no distance kernel of its own
+            block = _pairwise_distance_op(x[start:start + step], y, metric)
         if exclude_self:
             rows = torch.arange(block.shape[0], device=block.device)
             block[rows, rows + start] = float("inf")
@@ -72,20 +88,16 @@ def _topk_chunked(x, y, k, metric, exclude_self):
     return torch.cat(values), torch.cat(indices)
 
 
-@TOPK_DISTANCE.register("triton")
+@TOPK_DISTANCE.register("triton", refuses=_triton_refuses)
 def _topk_triton(x, y, k, metric, exclude_self):
     from ..kernels.triton import topk as triton_topk
 
-    if k > triton_topk.MAX_K:
-        return _topk_chunked(x, y, k, metric, exclude_self)
     return triton_topk.topk_distance(_unit_inner_stride(x), _unit_inner_stride(y), k, metric, exclude_self)
 
 
-@TOPK_DISTANCE.register("cuda")
+@TOPK_DISTANCE.register("cuda", refuses=_cuda_refuses)
 def _topk_cuda(x, y, k, metric, exclude_self):
     kernels = _native.cuda_kernels()
-    if k > kernels.cuda_topk_max_k:
-        return _topk_chunked(x, y, k, metric, exclude_self)
     x, y = _unit_inner_stride(x), _unit_inner_stride(y)
     values = torch.empty((x.shape[0], k), dtype=_output_dtype(x.dtype), device=x.device)
     indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
@@ -120,7 +132,7 @@ def topk_distance(
     available = y_t.shape[0] - (1 if exclude_self else 0)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
         raise ValueError(f"k: expected an integer in [1, {available}] (the number of candidates), got {k!r}")
-    _, implementation = TOPK_DISTANCE.select(x_t.device)
+    _, implementation = TOPK_DISTANCE.select(x_t.device, x_t.dtype, k=int(k))
     with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):
         values, indices = implementation(x_t, y_t, int(k), metric, exclude_self)
     return to_caller(values, library), to_caller(indices, library)

@@ -131,7 +131,7 @@ def _batch_hard_mine_op(
     """candidates=None: the anchors scored against themselves (one input, so one gradient buffer)."""
     if candidates is None:
         candidates, candidate_labels = anchors, anchor_labels
-    _, implementation = BATCH_HARD_MINE.select(anchors.device)
+    _, implementation = BATCH_HARD_MINE.select(anchors.device, anchors.dtype)
     with torch.autocast(anchors.device.type, enabled=False):  # AMP policy: accumulate in float32, see README
         return implementation(anchors, candidates, anchor_labels, candidate_labels, anchor_index, metric)
 
@@ -282,7 +282,7 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
     ctx.metric = metric
     # The backward follows the forward's backend: use_backend(...) around the forward then governs both, and
     # autograd may run the backward on another thread (CUDA), where the forced backend is not visible.
-    ctx.backend = BATCH_HARD_MINE.select(anchors.device)[0]
+    ctx.backend = BATCH_HARD_MINE.select(anchors.device, anchors.dtype)[0]
 
 
 def _backward(ctx: Any, grad_ap, grad_an, _grad_pos, _grad_neg):
