@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 TORCH, NUMPY, CUPY = "torch", "numpy", "cupy"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # the feature dtypes every kernel takes
 
 
 def _numpy_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
@@ -85,3 +86,30 @@ def has_nonfinite(tensor: torch.Tensor) -> bool:
         return False
     # A finite sum proves there is no NaN/Inf; an overflowing sum of finite values only costs the exact check.
     return not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all())
+
+
+def check_features(features: Any, name: str, *, allow_nonfinite: bool = True, allow_empty: bool = False,
+                   unit_inner_stride: bool = False) -> None:
+    """The one check of a (rows, D) feature matrix, for the public ops and the kernel launchers alike: a 2-D
+    tensor with a dtype in FLOAT_DTYPES; at least one row and one feature unless allow_empty; unit inner
+    stride if asked (the kernels read rows with any stride but features contiguously); finite unless
+    allow_nonfinite. ValueError "name: expected ..., got ..." otherwise."""
+    if not isinstance(features, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch tensor, got {type(features).__module__}.{type(features).__name__}")
+    if features.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D (num_rows, num_features) array, got shape {tuple(features.shape)}")
+    if features.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {features.dtype}")
+    if not allow_empty and (features.shape[0] == 0 or features.shape[1] == 0):
+        raise ValueError(f"{name}: expected at least one row and one feature, got shape {tuple(features.shape)}")
+    if unit_inner_stride and features.shape[1] > 1 and features.stride(1) != 1:
+        raise ValueError(f"{name}: expected unit inner stride (contiguous features), got strides {features.stride()}")
+    if not allow_nonfinite:
+        check_finite(features, name)
+
+
+def same_rows(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """The one "same input" rule of every backend (csrc/cpu's mining kernel applies it too): x and y are one
+    array, the same memory, dtype, shape and strides. Kernels then make a row's distance to itself exact (0
+    before the metric's clamp) instead of the rounding residue of |x|^2 + |y|^2 - 2 x.y."""
+    return x.data_ptr() == y.data_ptr() and x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()

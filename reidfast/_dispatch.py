@@ -31,6 +31,9 @@ from . import _native
 BACKEND_NAMES = ("cuda", "triton", "cpu", "torch", "reference")
 # Dtypes whose products run on tensor cores in the Triton kernels (tl.dot) but on SIMT FMA in the CUDA kernels.
 TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
+ORDER_NOTE = ("default order on CUDA inputs: float16/bfloat16, and float32 under allow_tf32: triton, cuda, torch, "
+              "reference (tensor cores); IEEE float32/float64: cuda, triton, torch, reference (provisional until "
+              "benchmarked on a card); CPU inputs: cpu, torch, reference")
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("reidfast_backend", default=None)
 
 
@@ -57,7 +60,7 @@ class BackendReport(dict):
             state = "yes" if info.available else "no "
             devices = ",".join(info.devices) if info.available else "-"
             lines.append(f"{info.name:<{width}}  {state}  {devices:<8}  {info.reason}")
-        return "\n".join(lines)
+        return "\n".join(lines + [ORDER_NOTE])
 
     __repr__ = __str__
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .. import _native
-from .._arrays import as_tensor, check_finite, check_same_device, to_caller
+from .._arrays import as_tensor, check_features, check_same_device, same_rows, to_caller
 from .._dispatch import BackendUnavailableError, Op
 from ..reference import distance as reference
 
@@ -71,11 +71,6 @@ def row_block_size(num_cols: int, target_elements: int = 1 << 23) -> int:
     """Rows per block of dot products: at least 256 rows so the GEMM per block stays efficient, and at most
     32 MiB of float32 per block (measured on 2 cores: smaller blocks made the skinny GEMMs 20-40% slower)."""
     return max(256, target_elements // max(num_cols, 1))
-
-
-def same_rows(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """x and y are the same rows in memory (a row's distance to itself is then exactly known)."""
-    return x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride() and x.dtype == y.dtype
 
 
 @PAIRWISE_DISTANCE.register("cpu")
@@ -173,26 +168,14 @@ def _normalize_backward(grad_hat: torch.Tensor, x_hat: torch.Tensor, length: tor
 _pairwise_distance_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_features(x: torch.Tensor, name: str, allow_nonfinite: bool) -> None:
-    """2-D floating features with at least one row and one column, finite unless allowed."""
-    if x.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D (num_rows, num_features) array, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {x.dtype}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least one row and one feature, got shape {tuple(x.shape)}")
-    if not allow_nonfinite:
-        check_finite(x, name)
-
-
 def prepare_pair(x: Any, y: Any, allow_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Convert and validate a (queries, candidates) pair; y=None means x. Returns (x, y, caller library)."""
     x_t, library = as_tensor(x, "x")
-    check_features(x_t, "x", allow_nonfinite)
+    check_features(x_t, "x", allow_nonfinite=allow_nonfinite)
     if y is None:
         return x_t, x_t, library
     y_t, _ = as_tensor(y, "y")
-    check_features(y_t, "y", allow_nonfinite)
+    check_features(y_t, "y", allow_nonfinite=allow_nonfinite)
     check_same_device(x=x_t, y=y_t)
     if x_t.shape[1] != y_t.shape[1]:
         raise ValueError(f"y: expected {x_t.shape[1]} features per row to match x, got shape {tuple(y_t.shape)}")

@@ -5,7 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from ... import _arrays
+from ..._arrays import same_rows  # noqa: F401  (the one "same input" rule, for the launchers)
 
 
 @triton.jit
@@ -24,9 +25,6 @@ def tuning_bucket(size: int) -> int:
 
 
 def check_features(name: str, features: torch.Tensor) -> None:
-    """A kernel's (rows, D) input: 2-D, a dtype in FLOAT_DTYPES, unit inner stride (any row stride)."""
-    if features.dim() != 2 or features.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be 2-D with a dtype in {FLOAT_DTYPES}, "
-                         f"got {tuple(features.shape)} {features.dtype}")
-    if features.shape[1] > 1 and features.stride(1) != 1:
-        raise ValueError(f"{name} must have unit inner stride, got strides {features.stride()}")
+    """A launcher's (rows, D) input: reidfast._arrays.check_features with the kernels' contract (any number of
+    rows, unit inner stride, any row stride; non-finite values are the op layer's business)."""
+    _arrays.check_features(features, name, allow_empty=True, unit_inner_stride=True)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ..._native import METRIC_CODES
-from .common import correctly_rounded_sqrt
+from .common import correctly_rounded_sqrt, same_rows
 
 _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = METRIC_CODES["euclidean"], METRIC_CODES["sqeuclidean"], METRIC_CODES["cosine"]
 
@@ -80,7 +80,7 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Te
     # The interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles wrongly; the products of bfloat16 values
     # are exact in float32, so upcasting first gives the same result.
     upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
-    same_input = x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
+    same_input = same_rows(x, y)
     grid = (triton.cdiv(x.shape[0], block_n), triton.cdiv(y.shape[0], block_m))
     _pairwise_distance_kernel[grid](
         x, y, out, x.shape[0], y.shape[0], x.shape[1], x.stride(0), y.stride(0),

@@ -5,8 +5,8 @@ inputs; float32 products follow torch.backends.cuda.matmul.allow_tf32 like torch
     euclidean   sqrt(max(nx + ny - 2 x.y, 1e-12))     ranked on the distance itself (ties as the reference's)
     sqeuclidean max(nx + ny - 2 x.y, 0)
     cosine      1 - x.y / (max(|x|, 1e-12) max(|y|, 1e-12))   (may be slightly negative; ranked as it is)
-When x and y are the same rows in memory (same data_ptr and row stride) a row's squared distance to itself is
-forced to exactly 0, as in distance.py (tl.dot and tl.sum round differently). Results are sorted ascending
+When x and y are one array (reidfast._arrays.same_rows: same memory, dtype, shape and strides) a row's squared
+distance to itself is forced to exactly 0, as in distance.py (tl.dot and tl.sum round differently). Results are sorted ascending
 by (distance, column): equal distances list the smaller column first.
 
 Kernel design. Each program owns BLOCK_N rows of x (their norms computed once) and sweeps y in BLOCK_M
@@ -45,7 +45,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction, constexpr_function
 
 from ..._native import METRIC_CODES
-from .common import FLOAT_DTYPES, correctly_rounded_sqrt, tuning_bucket
+from .common import check_features, correctly_rounded_sqrt, same_rows, tuning_bucket
 
 MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
 _INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # triton.jit reads only constexpr globals
@@ -331,15 +331,6 @@ def _tuned_kernel(k_pad: int):
     return _TUNED[k_pad]
 
 
-def _check_features(name: str, features: torch.Tensor) -> None:
-    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.dtype not in FLOAT_DTYPES:
-        description = (f"{tuple(features.shape)} {features.dtype}" if isinstance(features, torch.Tensor)
-                       else type(features).__name__)
-        raise ValueError(f"{name} must be a 2-D tensor with a dtype in {FLOAT_DTYPES}, got {description}")
-    if features.shape[1] > 1 and features.stride(1) != 1:
-        raise ValueError(f"{name} must have unit inner stride, got strides {features.stride()}")
-
-
 def topk_distance(
     x: torch.Tensor, y: torch.Tensor, k: int, metric: str = "euclidean", exclude_self: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,8 +345,8 @@ def topk_distance(
     original_k = k
     if not isinstance(metric, str) or metric not in METRIC_CODES:
         raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
-    _check_features("x", x)
-    _check_features("y", y)
+    check_features("x", x)
+    check_features("y", y)
     if y.dtype != x.dtype or y.device != x.device or y.shape[1] != x.shape[1]:
         raise ValueError(f"y {tuple(y.shape)} {y.dtype} on {y.device} does not match "
                          f"x {tuple(x.shape)} {x.dtype} on {x.device}")
@@ -383,8 +374,7 @@ def topk_distance(
     precision = "tf32" if (x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     # The interpreter multiplies bfloat16 tiles wrongly; products of bfloat16 values are exact in float32.
     upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
-    # Same storage and row stride: row r of both is the same vector, whatever the row counts.
-    same_input = x.data_ptr() == y.data_ptr() and (num_rows <= 1 or num_cols <= 1 or x.stride(0) == y.stride(0))
+    same_input = same_rows(x, y)
     arguments = (values, indices, num_rows, num_cols, dim, k, x.stride(0), y.stride(0),
                  tuning_bucket(num_rows), tuning_bucket(num_cols), tuning_bucket(dim))
     flags = dict(METRIC=METRIC_CODES[metric], SAME_INPUT=same_input, EXCLUDE_SELF=exclude_self, FP64=fp64,

@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
-from .common import check_features, correctly_rounded_sqrt, tuning_bucket
+from .common import check_features, correctly_rounded_sqrt, same_rows, tuning_bucket
 
 
 
@@ -194,9 +194,7 @@ def batch_hard_mine(
     precision = "tf32" if (anchors.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     # The interpreter multiplies bfloat16 tiles wrongly; products of bfloat16 values are exact in float32.
     upcast_dot = anchors.dtype == torch.bfloat16 and not anchors.is_cuda
-    # Same storage and row stride: row r of both is the same vector, whatever the row counts.
-    same_input = anchors.data_ptr() == candidates.data_ptr() and (
-        num_anchors <= 1 or num_candidates <= 1 or anchors.stride(0) == candidates.stride(0))
+    same_input = same_rows(anchors, candidates)
     arguments = (
         anchors, candidates, anchor_labels, candidate_labels, anchor_index,
         dist_ap, dist_an, positive_index, negative_index,
