@@ -76,9 +76,9 @@ class CrossEntropyLabelSmooth(nn.Module):
     def __init__(self, num_classes: int, epsilon: float = 0.1) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
         if not 0.0 <= epsilon < 1.0:
-            raise ValueError(f"epsilon must lie in [0, 1), got {epsilon}")
+            raise ValueError(f"epsilon: expected a number in [0, 1), got {epsilon}")
         self.num_classes, self.epsilon = num_classes, epsilon
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,8 @@ class CrossEntropyLabelSmooth(nn.Module):
         if targets.shape != (logits.shape[0],):
             raise ValueError(f"targets: expected shape ({logits.shape[0]},), got {tuple(targets.shape)}")
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.num_classes):
-            raise ValueError(f"targets: expected class indices in [0, {self.num_classes})")
+            raise ValueError(f"targets: expected class indices in [0, {self.num_classes}), got values in "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
         log_probs = F.log_softmax(logits.float(), dim=1)
         smoothed = torch.full_like(log_probs, self.epsilon / self.num_classes)
         smoothed.scatter_add_(1, targets[:, None].long(), torch.full_like(log_probs[:, :1], 1.0 - self.epsilon))

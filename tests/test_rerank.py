@@ -88,7 +88,7 @@ def test_jaccard_part_is_exercised(problem, backend):
     assert np.all(only_jaccard >= -1e-6) and np.all(only_jaccard <= 1 + 1e-6)
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @pytest.mark.parametrize("chunk_size", [None, 1, 7, 1000])
 def test_features_metric_and_chunking(metric, chunk_size, backend):
     rng = np.random.default_rng(7)

@@ -107,16 +107,18 @@ struct PairSource {
     const float* b = features + j * s_f;
     double dot = 0.0;
     for (int64_t t = 0; t < dim; ++t) dot += static_cast<double>(a[t]) * static_cast<double>(b[t]);
-    float d;
     if (metric == Metric::Cosine) {
       const double la = std::max(std::sqrt(sq_norms[static_cast<size_t>(i)]), kCosineEps);
       const double lb = std::max(std::sqrt(sq_norms[static_cast<size_t>(j)]), kCosineEps);
-      d = static_cast<float>(1.0 - dot / (la * lb));
-    } else {
-      const double sq = sq_norms[static_cast<size_t>(i)] + sq_norms[static_cast<size_t>(j)] - 2.0 * dot;
-      d = i == j ? static_cast<float>(std::sqrt(kEuclideanClamp))
-                 : static_cast<float>(std::sqrt(std::max(sq, kEuclideanClamp)));
+      const float d = static_cast<float>(1.0 - dot / (la * lb));
+      return d * d;
     }
+    // A row's distance to itself is exact, as pairwise_distance makes it for x against x.
+    const double sq = sq_norms[static_cast<size_t>(i)] + sq_norms[static_cast<size_t>(j)] - 2.0 * dot;
+    const float d = metric == Metric::SqEuclidean
+                        ? (i == j ? 0.0f : static_cast<float>(std::max(sq, 0.0)))
+                        : (i == j ? static_cast<float>(std::sqrt(kEuclideanClamp))
+                                  : static_cast<float>(std::sqrt(std::max(sq, kEuclideanClamp))));
     return d * d;
   }
 
@@ -184,7 +186,8 @@ PairSource make_pair_source(const ArrayView& features, Metric metric, const Arra
   if (features.ndim() == 2) {
     check_matrix(features, "features", false);
     check(features.dtype == DType::Float32 && features.size(0) == n, "features: expected float32 (N, D)");
-    check(metric == Metric::Euclidean || metric == Metric::Cosine, "metric: expected euclidean or cosine");
+    check(metric == Metric::Euclidean || metric == Metric::SqEuclidean || metric == Metric::Cosine,
+          "metric: expected euclidean, sqeuclidean or cosine");
     source.from_features = true;
     source.features = features.ptr<float>();
     source.dim = features.size(1);

@@ -358,7 +358,8 @@ def re_ranking(
 ) -> Any:
     """k-reciprocal re-ranked (Q, G) distances from (Q, D) query and (G, D) gallery features.
 
-    Euclidean (or cosine: 1 - cos) distances in float32, then as :func:`re_ranking_distances`, without ever
+    Distances of any metric pairwise_distance takes ("euclidean", "sqeuclidean", "cosine": 1 - cos; all three
+    are then squared, as published) in float32, then as :func:`re_ranking_distances`, without ever
     holding the N x N matrices: the distances are computed ``chunk_size`` rows at a time. Returns float32 in
     the caller's array type; equal to :func:`reidfast.reference.rerank.re_ranking_features` up to float32
     rounding (near-tied distances, e.g. duplicated features, may order differently).

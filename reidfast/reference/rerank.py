@@ -41,7 +41,7 @@ from reidfast.reference.distance import pairwise_distance
 
 __all__ = ["re_ranking", "re_ranking_features"]
 
-RERANK_METRICS = ("euclidean", "cosine")
+RERANK_METRICS = ("euclidean", "sqeuclidean", "cosine")  # every metric of pairwise_distance
 
 
 def re_ranking(
@@ -145,8 +145,9 @@ def re_ranking_features(
     """Re-ranked distances from features: (Q, D) queries, (G, D) gallery -> (Q, G) float32.
 
     The three distance matrices come from :func:`reidfast.reference.distance.pairwise_distance` in
-    float32 and go to :func:`re_ranking`, which squares them. ``metric="cosine"`` feeds cosine distances
-    (1 - cos) in as they are, so they are squared too, as when torchreid's code is given a cosine distmat.
+    float32 and go to :func:`re_ranking`, which squares them. ``metric="cosine"`` (1 - cos) and
+    ``"sqeuclidean"`` feed their distances in as they are, so they are squared too, as when torchreid's code is
+    given such a distmat.
     """
     if metric not in RERANK_METRICS:
         raise ValueError(f"metric must be one of {RERANK_METRICS}, got {metric!r}")

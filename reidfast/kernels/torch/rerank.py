@@ -89,8 +89,8 @@ class _FeatureRows:
 
     def block(self, start: int, stop: int) -> torch.Tensor:
         distances = self.distance_block(self.features[start:stop], self.features, self.metric)
-        if self.metric == "euclidean":  # a row's distance to itself is exactly sqrt(clamp), as the cpu backend
-            distances.diagonal(offset=start).fill_(math.sqrt(1e-12))
+        if self.metric != "cosine":  # a row's distance to itself is exact, as the cpu backend makes it
+            distances.diagonal(offset=start).fill_(math.sqrt(1e-12) if self.metric == "euclidean" else 0.0)
         return distances.square_()
 
     def pair_distance(self, rows: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, cache: tuple) -> torch.Tensor:
@@ -116,6 +116,9 @@ class _FeatureRows:
         if self.metric == "cosine":
             eps = 1e-12
             distance = (1.0 - dot / (x_norm.sqrt().clamp_min(eps) * y_norm.sqrt().clamp_min(eps))).to(torch.float32)
+        elif self.metric == "sqeuclidean":
+            squared = (x_norm + y_norm - 2.0 * dot).clamp_min(0.0)
+            distance = torch.where(a == b, torch.zeros_like(squared), squared).to(torch.float32)
         else:
             squared = (x_norm + y_norm - 2.0 * dot).clamp_min(1e-12)
             squared = torch.where(a == b, torch.full_like(squared, 1e-12), squared)
