@@ -109,7 +109,11 @@ def check_features(features: Any, name: str, *, allow_nonfinite: bool = True, al
 
 
 def same_rows(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """The one "same input" rule of every backend (csrc/cpu's mining kernel applies it too): x and y are one
-    array, the same memory, dtype, shape and strides. Kernels then make a row's distance to itself exact (0
-    before the metric's clamp) instead of the rounding residue of |x|^2 + |y|^2 - 2 x.y."""
-    return x.data_ptr() == y.data_ptr() and x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
+    """The one "same input" rule: row i of x is row i of y in memory (same address, dtype, feature count,
+    row and feature strides; the row counts may differ, e.g. anchors that are the first rows of the
+    candidates). Kernels then make a row's distance to itself exact (0 before the metric's clamp) instead of
+    the rounding residue of |x|^2 + |y|^2 - 2 x.y."""
+    if x.data_ptr() != y.data_ptr() or x.dtype != y.dtype or x.shape[1:] != y.shape[1:]:
+        return False
+    same_row_stride = min(x.shape[0], y.shape[0]) <= 1 or x.stride(0) == y.stride(0)
+    return same_row_stride and (x.shape[1] <= 1 or x.stride(1) == y.stride(1))

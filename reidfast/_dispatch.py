@@ -31,9 +31,9 @@ from . import _native
 BACKEND_NAMES = ("cuda", "triton", "cpu", "torch", "reference")
 # Dtypes whose products run on tensor cores in the Triton kernels (tl.dot) but on SIMT FMA in the CUDA kernels.
 TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
-ORDER_NOTE = ("default order on CUDA inputs: float16/bfloat16, and float32 under allow_tf32: triton, cuda, torch, "
-              "reference (tensor cores); IEEE float32/float64: cuda, triton, torch, reference (provisional until "
-              "benchmarked on a card); CPU inputs: cpu, torch, reference")
+ORDER_NOTE = ("default order (provisional until benchmarked on a card): CUDA float16/bfloat16, and float32 under "
+              "allow_tf32: triton, cuda, torch, reference (tensor cores); CUDA IEEE float32/float64: cuda, triton, "
+              "torch, reference; CPU: cpu, torch, reference")
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("reidfast_backend", default=None)
 
 
@@ -131,7 +131,6 @@ def _cuda_device_info() -> BackendInfo:
     details["device_count"] = _native._C.cuda_device_count()
     if details["device_count"] == 0:
         return BackendInfo("cuda", False, "CUDA kernels built, but the CUDA runtime finds no device", details=details)
-    details["default_for"] = "CUDA inputs in IEEE float32 or float64 (SIMT FMA; half precision goes to triton first)"
     return BackendInfo("cuda", True, f"CUDA kernels for sm {build.get('cuda_architectures')}; first for IEEE "
                        "float32/float64 CUDA inputs", ("cuda",), details)
 
@@ -152,8 +151,6 @@ def _triton_info_cached(interpret: bool) -> BackendInfo:
         return BackendInfo(
             "triton", False, f"triton {version} needs a CUDA device (or TRITON_INTERPRET=1 to run it on CPU)", details=details
         )
-    details["default_for"] = ("CUDA inputs in float16/bfloat16, and float32 while allow_tf32 is on (tensor cores "
-                              "via tl.dot; provisional until a card benchmark)")
     return BackendInfo("triton", True, f"triton {version}; first for float16/bfloat16 CUDA inputs and float32 under "
                        "allow_tf32 (tensor cores; order provisional)", ("cuda",), details)
 

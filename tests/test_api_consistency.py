@@ -158,14 +158,30 @@ def test_one_feature_check_and_one_same_input_rule():
         reidfast.pairwise_distance(torch.ones(0, 3))
 
 
-def test_same_rows_is_one_array_exactly():
+def test_same_rows_means_row_i_of_both_is_one_vector():
     x = torch.randn(6, 4)
-    assert _arrays.same_rows(x, x)
-    assert _arrays.same_rows(x, x.view(6, 4))
-    assert not _arrays.same_rows(x, x[:3])  # a prefix shares rows, but is another array
+    assert _arrays.same_rows(x, x) and _arrays.same_rows(x, x.view(6, 4))
+    assert _arrays.same_rows(x[:3], x) and _arrays.same_rows(x, x[:3])  # e.g. anchors = the first candidates
+    assert not _arrays.same_rows(x[1:], x)  # row i of x[1:] is row i + 1 of x
+    assert not _arrays.same_rows(x[::2], x)
     assert not _arrays.same_rows(x, x.clone())
     assert not _arrays.same_rows(x[:, :2], x[:, 2:])
     assert not _arrays.same_rows(x, x.view(torch.int32))
+
+
+@pytest.mark.skipif(not reidfast.backends()["cpu"].available, reason="native CPU backend not built")
+@pytest.mark.parametrize("gemm", ["auto", "blas"])
+def test_rows_shared_with_a_longer_array_get_exact_self_distances_on_the_cpu(monkeypatch, gemm):
+    monkeypatch.setenv(ops_distance.CPU_GEMM_ENV, gemm)
+    x = torch.randn(40, 24, generator=torch.Generator().manual_seed(3)) * 10
+    with reidfast.use_backend("cpu"):
+        distances = reidfast.pairwise_distance(x[:7], x, metric="sqeuclidean")
+        values, indices = reidfast.topk_distance(x[:7], x, k=2, metric="sqeuclidean")
+    assert distances.shape == (7, 40)
+    assert torch.equal(distances.diagonal(), torch.zeros(7))
+    torch.testing.assert_close(distances, reidfast.reference.distance.pairwise_distance(x[:7], x, "sqeuclidean"),
+                               rtol=0, atol=1e-2)
+    assert torch.equal(indices[:, 0], torch.arange(7)) and torch.equal(values[:, 0], torch.zeros(7))
 
 
 def test_one_version_string():

@@ -120,7 +120,7 @@ def test_numpy_in_numpy_out():
         ({"k": 6, "exclude_self": True}, r"k: expected an integer in \[1, 5\]"),
         ({"k": 2.0}, "k: expected an integer"),
         ({"k": 2, "metric": "l1"}, "metric: expected one of"),
-        ({"k": 2, "y": torch.randn(4, 3), "exclude_self": True}, "exclude_self: only meaningful when y is None"),
+        ({"k": 2, "y": torch.randn(4, 3), "exclude_self": True}, "exclude_self: expected y=None"),
         ({"k": 2, "y": torch.randn(4, 5)}, "y: expected 3 features per row"),
     ],
 )

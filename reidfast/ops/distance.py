@@ -73,6 +73,12 @@ def row_block_size(num_cols: int, target_elements: int = 1 << 23) -> int:
     return max(256, target_elements // max(num_cols, 1))
 
 
+def convert_pair(x: torch.Tensor, y: torch.Tensor, convert) -> tuple[torch.Tensor, torch.Tensor]:
+    """(convert(x), convert(y)), converting once when y is x itself."""
+    x_converted = convert(x)
+    return x_converted, x_converted if y is x else convert(y)
+
+
 @PAIRWISE_DISTANCE.register("cpu")
 def _pairwise_distance_cpu(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
     """The fused SIMD kernel (cpu_gemm_kernel), else BLAS GEMM on row blocks (torch.mm) with the native
@@ -80,17 +86,16 @@ def _pairwise_distance_cpu(x: torch.Tensor, y: torch.Tensor, metric: str) -> tor
     same_input = same_rows(x, y)
     kernel = cpu_gemm_kernel(x.dtype)
     if kernel is not None:
-        x = _unit_inner_stride(x)
-        y = x if same_input else _unit_inner_stride(y)
+        x, y = convert_pair(x, y, _unit_inner_stride)
         out = torch.empty((x.shape[0], y.shape[0]), dtype=torch.float32)
         _native._C.fused_pairwise_distance_cpu(
             _native.view(x), _native.view(y), _native.METRIC_CODES[metric], same_input, _native.view(out), kernel
         )
         return out
     dtype = _output_dtype(x.dtype)
-    x = x.to(dtype)
-    y = x if same_input else y.to(dtype)
-    x_norms, y_norms = (x * x).sum(1), (y * y).sum(1)
+    x, y = convert_pair(x, y, lambda t: t.to(dtype))
+    x_norms = (x * x).sum(1)
+    y_norms = x_norms if y is x else (y * y).sum(1)
     out = torch.empty((x.shape[0], y.shape[0]), dtype=dtype)
     step = row_block_size(y.shape[0])
     for start in range(0, x.shape[0], step):

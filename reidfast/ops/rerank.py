@@ -279,7 +279,7 @@ def _host_array(value: Any) -> tuple[Any, torch.device | None]:
 def _check_chunk_size(chunk_size: Any) -> int | None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer (rows per block) or None, got {chunk_size!r}")
+        raise ValueError(f"chunk_size: expected a positive integer (rows per block) or None, got {chunk_size!r}")
     return None if chunk_size is None else int(chunk_size)
 
 

@@ -10,12 +10,13 @@ from .. import _native
 from .._arrays import to_caller
 from .._dispatch import Op, requested_backend, use_backend
 from ..reference import distance as reference
-from .distance import (_output_dtype, _pairwise_distance_op, _unit_inner_stride, cpu_gemm_kernel, prepare_pair,
-                       row_block_size, same_rows)
+from .distance import (_output_dtype, _pairwise_distance_op, _unit_inner_stride, convert_pair, cpu_gemm_kernel,
+                       prepare_pair, row_block_size, same_rows)
 
 # k beyond a fused kernel's limit: the kernel refuses the call, and a forced one hands it to "torch" (row
 # chunks of the device's pairwise distance + a stable sort), whose distances still run on the forced backend.
-TOPK_DISTANCE = Op("topk_distance", fallback="torch")
+# On the host the native kernel takes every k; without it, the reference.
+TOPK_DISTANCE = Op("topk_distance", order={"cpu": ("cpu", "reference")}, fallback="torch")
 
 
 def _triton_refuses(device, dtype, *, k: int) -> str | None:
@@ -41,8 +42,7 @@ def _topk_cpu(x, y, k, metric, exclude_self):
     same_input = same_rows(x, y)
     kernel = cpu_gemm_kernel(x.dtype)
     if kernel is not None:
-        x = _unit_inner_stride(x)
-        y = x if same_input else _unit_inner_stride(y)
+        x, y = convert_pair(x, y, _unit_inner_stride)
         values = torch.empty((x.shape[0], k), dtype=torch.float32)
         indices = torch.empty((x.shape[0], k), dtype=torch.int64)
         _native._C.fused_topk_distance_cpu(
@@ -51,9 +51,9 @@ def _topk_cpu(x, y, k, metric, exclude_self):
         )
         return values, indices
     dtype = _output_dtype(x.dtype)
-    x = x.to(dtype)
-    y = x if same_input else y.to(dtype)
-    x_norms, y_norms = (x * x).sum(1), (y * y).sum(1)
+    x, y = convert_pair(x, y, lambda t: t.to(dtype))
+    x_norms = (x * x).sum(1)
+    y_norms = x_norms if y is x else (y * y).sum(1)
     values = torch.empty((x.shape[0], k), dtype=dtype)
     indices = torch.empty((x.shape[0], k), dtype=torch.int64)
     step = row_block_size(y.shape[0])
@@ -127,7 +127,7 @@ def topk_distance(
     if metric not in reference.METRICS:
         raise ValueError(f"metric: expected one of {reference.METRICS}, got {metric!r}")
     if exclude_self and y is not None:
-        raise ValueError("exclude_self: only meaningful when y is None (x searched against itself)")
+        raise ValueError("exclude_self: expected y=None (x searched against itself), got a separate y")
     x_t, y_t, library = prepare_pair(x, y, allow_nonfinite)
     available = y_t.shape[0] - (1 if exclude_self else 0)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:

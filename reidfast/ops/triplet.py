@@ -17,7 +17,7 @@ from .._dispatch import Op
 from ..reference import distance as reference_distance
 from ..reference import triplet as reference
 from ..reference.triplet import TripletDetails
-from .distance import _normalize_backward, _unit_inner_stride, cpu_gemm_kernel, same_rows
+from .distance import _normalize_backward, _unit_inner_stride, convert_pair, cpu_gemm_kernel
 
 BATCH_HARD_MINE = Op("batch_hard_triplet_loss")
 _CPU_BLOCK_ELEMENTS = 1 << 22  # dot products per CPU block: 16 MiB of float32, whatever the batch size
@@ -53,7 +53,7 @@ def _mine_cpu(anchors, candidates, anchor_labels, candidate_labels, anchor_index
     if num_candidates == 0:
         return _empty_result(num_anchors, dtype, anchors.device)
     anchor_norms = (anchors * anchors).sum(1)
-    candidate_norms = anchor_norms if same_rows(anchors, candidates) else (candidates * candidates).sum(1)
+    candidate_norms = anchor_norms if candidates is anchors else (candidates * candidates).sum(1)
     labels_a, labels_c, self_index = (t.to(torch.int64).contiguous() for t in (anchor_labels, candidate_labels, anchor_index))
     dist_ap, dist_an = torch.empty(num_anchors, dtype=dtype), torch.empty(num_anchors, dtype=dtype)
     positive, negative = torch.empty(num_anchors, dtype=torch.int64), torch.empty(num_anchors, dtype=torch.int64)
@@ -75,9 +75,7 @@ def _mine_cpu_fused(anchors, candidates, anchor_labels, candidate_labels, anchor
     num_anchors = anchors.shape[0]
     if candidates.shape[0] == 0:
         return _empty_result(num_anchors, torch.float32, anchors.device)
-    same_input = same_rows(anchors, candidates)
-    anchors = _unit_inner_stride(anchors)
-    candidates = anchors if same_input else _unit_inner_stride(candidates)
+    anchors, candidates = convert_pair(anchors, candidates, _unit_inner_stride)
     dist_ap, dist_an = torch.empty(num_anchors), torch.empty(num_anchors)
     positive = torch.empty(num_anchors, dtype=torch.int64)
     negative = torch.empty(num_anchors, dtype=torch.int64)
