@@ -5,9 +5,9 @@ inputs; float32 products follow torch.backends.cuda.matmul.allow_tf32 like torch
     euclidean   sqrt(max(nx + ny - 2 x.y, 1e-12))     ranked on the distance itself (ties as the reference's)
     sqeuclidean max(nx + ny - 2 x.y, 0)
     cosine      1 - x.y / (max(|x|, 1e-12) max(|y|, 1e-12))   (may be slightly negative; ranked as it is)
-When x and y are one array (reidfast._arrays.same_rows: same memory, dtype, shape and strides) a row's squared
-distance to itself is forced to exactly 0, as in distance.py (tl.dot and tl.sum round differently). Results are
-sorted ascending by (distance, column): equal distances list the smaller column first.
+When row i of x is row i of y in memory (reidfast._arrays.same_rows) a row's squared distance to itself is
+forced to exactly 0, as in distance.py (tl.dot and tl.sum round differently). Results are sorted ascending
+by (distance, column): equal distances list the smaller column first.
 
 Kernel design. Each program owns BLOCK_N rows of x (their norms computed once) and sweeps y in BLOCK_M
 column tiles (D in BLOCK_D chunks, tl.dot products, y norms fused), keeping a running, sorted (BLOCK_N, K_PAD)
