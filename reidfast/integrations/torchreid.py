@@ -13,6 +13,8 @@ Same signatures, defaults and return types as torchreid 1.4 (`torchreid.metrics.
   mAP does not depend on the draws and is equal;
 * a query whose kept gallery row is shorter than max_rank: torchreid's python code fails on the ragged
   array (numpy >= 1.24); reidfast pads that query's CMC with 1;
+* compute_distance_matrix("euclidean"): the squared distance is clamped at 0 here; torchreid's can come out
+  slightly negative through rounding (a row against itself);
 * TripletLoss: an anchor without another positive scores its distance to itself, which torchreid computes
   with rounding noise (0 up to sqrt(ulp(|x|^2))) and reidfast as exactly sqrt(1e-12).
 torchreid itself is not needed, except by patch().
