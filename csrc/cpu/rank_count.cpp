@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -94,18 +95,19 @@ int64_t count_typed(const ArrayView& distances, int64_t col0, const int64_t* off
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t first = offsets[r], count = offsets[r + 1] - first;
       const T* row = distances.ptr<T>() + r * stride;
-      if (count == 0) continue;
       const T* distance = pivot_distance + first;
       const int64_t* index = pivot_index + first;
-      const int64_t found = collect(row, cols, distance[count - 1], candidates.data());
+      // Without pivots only the NaNs (and -inf) are collected: they are counted like any other row's.
+      const T bound = count > 0 ? distance[count - 1] : -std::numeric_limits<T>::infinity();
+      const int64_t found = collect(row, cols, bound, candidates.data());
       for (int64_t i = 0; i < found; ++i) {
         const int64_t c = candidates[i], g = col0 + c;
-        if (row_labels != nullptr && item_labels[g] == row_labels[r]) continue;  // the row's own label: not counted
         const T value = row[c];
         if (std::isnan(value)) {
           ++nan_count;
           continue;
         }
+        if (row_labels != nullptr && item_labels[g] == row_labels[r]) continue;  // the row's own label: not counted
         // slot = #{pivots with key < (value, g)}: binary search on the sorted keys
         int64_t lo = 0, hi = count;
         while (lo < hi) {

@@ -20,7 +20,7 @@ namespace cpu {
 // (rows,), or both null). group(g) = groups[col0 + c] (contiguous int64 (G,), values in [0, num_groups)) or 0 without groups.
 // The prefix sum of a row's histogram over its slots is then, at pivot j, #{items g : key(g) <= key(j)}.
 // histogram (P * num_groups,) int64, contiguous, accumulated (not cleared). Returns the number of NaN
-// distances in the block (they are not counted). OpenMP over rows; AVX2 on x86-64 CPUs that have it:
+// distances in the block, in every row (they are not counted). OpenMP over rows; AVX2 on x86-64 CPUs that have it:
 // one compare per 8 distances rejects every item behind the row's farthest pivot, only the others are
 // placed by binary search.
 int64_t rank_count_block(const ArrayView& distances, int64_t col0, const ArrayView& pivot_offsets,
