@@ -56,16 +56,53 @@ class _Inputs:
     labels: _evaluation._Labels  # int64 host labels, effective max_rank
     metric: str
     distance_dtype: torch.dtype  # float32, or float64 for float64 features
+    shard: "_Shard | None" = None  # with group=: this rank's part of the gallery; labels are then global
 
 
-def _check_features(values: Any, name: str) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Shard:
+    """This rank's gallery rows are rows offset .. offset + len of the global gallery (ranks in order)."""
+
+    group: Any
+    offset: int
+    comm_device: torch.device  # where collectives run: the current CUDA device for nccl, else the host
+
+    def all_reduce(self, values: np.ndarray) -> np.ndarray:
+        """Sum of every rank's int64 `values` (same shape on every rank)."""
+        import torch.distributed as dist
+
+        tensor = torch.from_numpy(np.ascontiguousarray(values)).to(self.comm_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return tensor.cpu().numpy()
+
+    def all_gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's 1-D `values` (any length, one dtype) concatenated in rank order, on the host."""
+        return _all_gather_1d(values, self.group, self.comm_device)
+
+
+def _all_gather_1d(values: torch.Tensor, group: Any, comm_device: torch.device) -> torch.Tensor:
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    size = torch.tensor([values.numel()], dtype=torch.int64, device=comm_device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    lengths = [int(n) for n in sizes]
+    padded = torch.zeros(max(lengths), dtype=values.dtype, device=comm_device)
+    padded[: values.numel()] = values.reshape(-1).to(comm_device)
+    pieces = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(pieces, padded, group=group)
+    return torch.cat([piece[:n] for piece, n in zip(pieces, lengths)]).cpu()
+
+
+def _check_features(values: Any, name: str, allow_empty: bool = False) -> torch.Tensor:
     tensor, _ = as_tensor(values, name)
     tensor = tensor.detach()
     if tensor.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D (num_rows, num_features) array, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {tensor.dtype}")
-    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+    if (tensor.shape[0] == 0 and not allow_empty) or tensor.shape[1] == 0:
         raise ValueError(f"{name}: expected at least one row and one feature, got shape {tuple(tensor.shape)}")
     if has_nonfinite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
@@ -80,11 +117,11 @@ def _labels(values: Any, name: str, length: int, feats_name: str) -> torch.Tenso
     return _evaluation._label_vector(tensor, name, length, f"rows of {feats_name}")
 
 
-def _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank) -> _Inputs:
+def _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank, group) -> _Inputs:
     if metric not in reference_distance.METRICS:
         raise ValueError(f"metric: expected one of {reference_distance.METRICS}, got {metric!r}")
     query = _check_features(query_feats, "query_feats")
-    gallery = _check_features(gallery_feats, "gallery_feats")
+    gallery = _check_features(gallery_feats, "gallery_feats", allow_empty=group is not None)
     check_same_device(query_feats=query, gallery_feats=gallery)
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(
@@ -100,9 +137,38 @@ def _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, me
         q_camids=_labels(q_camids, "q_camids", num_query, "query_feats"),
         g_camids=_labels(g_camids, "g_camids", num_gallery, "gallery_feats"),
     )
-    max_rank = reference_evaluation.cut_max_rank(_evaluation._check_positive_int("max_rank", max_rank), num_gallery)
+    max_rank = _evaluation._check_positive_int("max_rank", max_rank)
+    shard = None
+    if group is not None:
+        shard, labels = _join_shards(group, query, labels)
+        num_gallery = labels["g_pids"].shape[0]
+        if num_gallery == 0:
+            raise ValueError("gallery_feats: every rank's gallery shard is empty; expected at least one gallery row")
+    max_rank = reference_evaluation.cut_max_rank(max_rank, num_gallery)
     distance_dtype = reference_distance.accumulation_dtype(query.dtype)
-    return _Inputs(query, gallery, _evaluation._Labels(max_rank=max_rank, **labels), metric, distance_dtype)
+    return _Inputs(query, gallery, _evaluation._Labels(max_rank=max_rank, **labels), metric, distance_dtype, shard)
+
+
+def _join_shards(group: Any, query: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[_Shard, dict[str, torch.Tensor]]:
+    """With group=: this rank's offset in the global gallery, and the global gallery labels (gathered, in rank
+    order). Every rank must pass the same queries: checked on their count, dimension and labels."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("group: torch.distributed is not initialised; call init_process_group first or pass group=None")
+    nccl = dist.get_backend(group) == "nccl"
+    comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    local = labels["g_pids"].shape[0]
+    sizes = _all_gather_1d(torch.tensor([local], dtype=torch.int64), group, comm_device)
+    offset = int(sizes[: dist.get_rank(group)].sum())
+    signature = torch.cat([torch.tensor([query.shape[0], query.shape[1]]), labels["q_pids"], labels["q_camids"]])
+    signatures = _all_gather_1d(signature, group, comm_device)
+    if not torch.equal(signatures, signature.repeat(dist.get_world_size(group))):
+        raise ValueError("query_feats: every rank must pass the same queries (count, dimension, q_pids, q_camids)")
+    joined = dict(labels)
+    joined["g_pids"] = _all_gather_1d(labels["g_pids"], group, comm_device)
+    joined["g_camids"] = _all_gather_1d(labels["g_camids"], group, comm_device)
+    return _Shard(group, offset, comm_device), joined
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -166,7 +232,15 @@ def _pivots(inputs: _Inputs, distances: Callable[[torch.Tensor, torch.Tensor], t
     junk = labels.g_camids.numpy()[gallery] == labels.q_camids.numpy()[query]
     num_junk = np.bincount(query[junk], minlength=num_query)
     query, gallery = query[~junk], gallery[~junk]
-    distance = _pair_distances(inputs, query, gallery, distances)
+    offset = 0 if inputs.shard is None else inputs.shard.offset
+    if inputs.shard is not None:  # the matches in this rank's shard, then every rank's
+        local = (gallery >= offset) & (gallery < offset + inputs.gallery.shape[0])
+        query, gallery = query[local], gallery[local]
+    distance = _pair_distances(inputs, query, gallery - offset, distances)
+    if inputs.shard is not None:
+        gathered = [inputs.shard.all_gather(torch.from_numpy(a)) for a in (query, gallery)]
+        distance = inputs.shard.all_gather(torch.from_numpy(distance)).numpy()
+        query, gallery = (t.numpy() for t in gathered)
     if np.isnan(distance).any():
         _raise_nan(int(np.isnan(distance).sum()))
     order = np.lexsort((gallery, distance, query))  # by query, then (distance, index); -0.0 ties +0.0
@@ -252,17 +326,16 @@ class _HostPass:
         group_view = None if groups is None else view(groups)
         row_labels, item_labels = view(self.inputs.labels.q_pids[torch.from_numpy(rows)]), view(self.inputs.labels.g_pids)
         nan_count = 0
+        offset = 0 if self.inputs.shard is None else self.inputs.shard.offset
         for start, end in _block_ranges(num_gallery, block, progress, "evaluate_features"):
             out = buffer[: rows.size * (end - start)].view(rows.size, end - start)
             norms = None if self.kernel is not None else self.gallery_norms[start:end]
             self.distances(query, self.gallery[start:end], out, query_norms, norms)
             nan_count += _native._C.rank_count_block_cpu(
-                view(out), start, view(offsets), view(distance), view(index), row_labels, item_labels, group_view,
+                view(out), offset + start, view(offsets), view(distance), view(index), row_labels, item_labels, group_view,
                 num_groups, view(histogram),
             )
-        if nan_count:
-            _raise_nan(nan_count)
-        return histogram.numpy()
+        return _finish_histogram(self.inputs, histogram.numpy(), nan_count)
 
 
 class _TorchPass:
@@ -301,22 +374,37 @@ class _TorchPass:
         budget = DEVICE_BLOCK_BYTES.get(device.type, DEVICE_BLOCK_BYTES["cpu"])
         block = _block_columns(chunk_size, rows.size, _DEVICE_BYTES_PER_DISTANCE, budget)
         row_base = torch.arange(rows.size, device=device)[:, None] * slots
+        offset = 0 if self.inputs.shard is None else self.inputs.shard.offset
+        nan_count = 0
         row_pids = self.inputs.labels.q_pids[torch.from_numpy(rows)].to(device)[:, None]
         g_pids = self.inputs.labels.g_pids.to(device)
         for start, end in _block_ranges(num_gallery, block, progress, "evaluate_features"):
             distances = self.distances(query, self.inputs.gallery[start:end]).contiguous()
-            if bool(torch.isnan(distances).any()):
-                _raise_nan(int(torch.isnan(distances).sum()))
-            slot = _slots(padded_distance, padded_index, distances, start)
-            counted = (slot < row_count[:, None]) & (g_pids[start:end] != row_pids)  # the query's own pid: never
+            nan = torch.isnan(distances)
+            nan_count += int(nan.sum())
+            distances.masked_fill_(nan, math.inf)
+            columns = slice(offset + start, offset + end)  # global gallery indices
+            slot = _slots(padded_distance, padded_index, distances, offset + start)
+            counted = (slot < row_count[:, None]) & (g_pids[columns] != row_pids) & ~nan  # the query's own pid: never
             slot = torch.where(counted, slot, width)
             flat = row_base + slot * num_groups
             if groups_device is not None:
-                flat = flat + groups_device[start:end]
+                flat = flat + groups_device[columns]
             histogram += torch.bincount(flat.reshape(-1), minlength=rows.size * slots)
             del distances, slot, flat
         histogram = histogram.view(rows.size, width + 1, num_groups)[:, :width].cpu()
-        return histogram[torch.from_numpy(row_of_pivot), torch.from_numpy(column_of_pivot)].reshape(-1).numpy()
+        histogram = histogram[torch.from_numpy(row_of_pivot), torch.from_numpy(column_of_pivot)].reshape(-1).numpy()
+        return _finish_histogram(self.inputs, histogram, nan_count)
+
+
+def _finish_histogram(inputs: _Inputs, histogram: np.ndarray, nan_count: int) -> np.ndarray:
+    """With group=: the sum over the ranks' shards (counts are additive), and NaN anywhere raises everywhere."""
+    if inputs.shard is not None:
+        summed = inputs.shard.all_reduce(np.r_[histogram, nan_count])
+        histogram, nan_count = summed[:-1], int(summed[-1])
+    if nan_count:
+        _raise_nan(nan_count)
+    return histogram
 
 
 def _slots(pivot_distance: torch.Tensor, pivot_index: torch.Tensor, distances: torch.Tensor, col0: int) -> torch.Tensor:
@@ -349,6 +437,8 @@ def _evaluate_torch(inputs: _Inputs, protocol: str, seed: Any, num_repeats: int,
 @EVALUATE_FEATURES.register("reference")
 def _evaluate_reference(inputs: _Inputs, protocol: str, seed: Any, num_repeats: int, chunk_size, progress) -> RankingResult:
     """The whole matrix by the reference distance and the reference evaluator (small sets only)."""
+    if inputs.shard is not None:
+        raise ValueError("group: the reference backend evaluates one process's gallery; use the cpu or torch backend")
     labels = inputs.labels
     args = [t.numpy() for t in (labels.q_pids, labels.g_pids, labels.q_camids, labels.g_camids)]
     result = reference.evaluate_features(
@@ -360,7 +450,7 @@ def _evaluate_reference(inputs: _Inputs, protocol: str, seed: Any, num_repeats: 
 
 def _evaluate_with(pass_, inputs: _Inputs, protocol, seed, num_repeats, chunk_size, progress) -> RankingResult:
     labels = inputs.labels
-    num_query, num_gallery = inputs.query.shape[0], inputs.gallery.shape[0]
+    num_query, num_gallery = inputs.query.shape[0], labels.g_pids.shape[0]  # global with group=
     pivots = _pivots(inputs, pass_.distances)
     histogram = pass_.histogram(np.arange(num_query), pivots.offsets, pivots.distance, pivots.index, None, 1,
                                 chunk_size, progress)
@@ -436,6 +526,7 @@ def evaluate_features(
     max_rank: int = 50,
     chunk_size: int | None = None,
     progress: bool = False,
+    group: Any = None,
     *,
     seed: int | None = 0,
     num_repeats: int = 10,
@@ -448,13 +539,18 @@ def evaluate_features(
     metric), q_pids, g_pids, q_camids, g_camids, ...)`` (same CMC, mAP and mINP, skipped queries and warning).
     chunk_size: gallery items per block (default: about 32 MiB of distances per block on the host).
     progress: a tqdm bar over the gallery blocks. Memory O(Q * (matches + block)).
+    group: a torch.distributed process group (torch.distributed.group.WORLD for the default one): every rank
+    passes the same queries and its own shard of the gallery (ranks in order: rank 0's rows first; a shard
+    may be empty) and gets the result of the whole gallery. The match distances are all_gather'ed, the
+    rank counts all_reduce'd (gloo: host tensors; nccl: the current CUDA device). Without group nothing is
+    gathered, even in an initialised job. The reference backend does not shard.
     """
     if protocol not in _evaluation.PROTOCOLS:
         raise ValueError(f"protocol: expected one of {_evaluation.PROTOCOLS}, got {protocol!r}")
     num_repeats = _evaluation._check_positive_int("num_repeats", num_repeats)
     if chunk_size is not None:
         chunk_size = _evaluation._check_positive_int("chunk_size", chunk_size)
-    inputs = _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank)
+    inputs = _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank, group)
     _, implementation = EVALUATE_FEATURES.select(inputs.query.device)
     result = implementation(inputs, protocol, seed, num_repeats, chunk_size, bool(progress))
     if result.num_skipped_queries:
