@@ -29,6 +29,7 @@ import torch
 
 from ._arrays import as_tensor
 from .ops.distance import pairwise_distance
+from .ops.evaluate_features import evaluate_features
 from .ops.evaluation import PROTOCOLS, RankingResult, _count_nan, evaluate
 from .reference.distance import METRICS
 
@@ -480,11 +481,18 @@ class ReIDEvaluator:
         query_features, gallery_features = features[is_query.to(features.device)], features[~is_query.to(features.device)]
         q_pids, q_camids = labels[is_query, 0], labels[is_query, 1]
         g_pids, g_camids = labels[~is_query, 0], labels[~is_query, 1]
-        distmat = pairwise_distance(query_features, gallery_features, metric=self.metric)
-        ranking = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
+        rerank = self.rerank if rerank is None else rerank
+        verification = self.verification if verification is None else verification
+        distmat = None
+        if verification or (rerank and self.metric not in ("euclidean", "cosine")):
+            distmat = pairwise_distance(query_features, gallery_features, metric=self.metric)
+            ranking = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
+        else:  # the same numbers without the Q x G matrix (large galleries)
+            ranking = evaluate_features(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
+                                        self.metric, self.protocol, self.max_rank, seed=self.seed)
 
         reranked = None
-        if self.rerank if rerank is None else rerank:
+        if rerank:
             from .ops.rerank import re_ranking, re_ranking_distances
 
             if self.metric in ("euclidean", "cosine"):  # from features: no (Q+G)^2 matrix at all
@@ -499,7 +507,7 @@ class ReIDEvaluator:
             reranked = evaluate(reranked_distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
 
         verification_result = None
-        if self.verification if verification is None else verification:
+        if verification:
             verification_result = verification_metrics(
                 distmat, q_pids, g_pids, q_camids, g_camids, self.verification_threshold,
                 max_pairs=self.max_verification_pairs, seed=self.seed,

@@ -257,3 +257,16 @@ def test_overflowing_distances_raise(backend):
     gallery[5] = 3e38
     with reidfast.use_backend(backend), pytest.raises(ValueError, match="NaN"):
         reidfast.evaluate_features(query, gallery, *labels)
+
+
+def test_evaluator_ranks_from_features(monkeypatch):
+    """ReIDEvaluator without verification ranks through evaluate_features (no Q x G matrix), same numbers."""
+    query, gallery, q_pids, g_pids, q_camids, g_camids = make_problem(np.random.default_rng(9), 30, 300, 8, 12)
+    evaluator = reidfast.ReIDEvaluator(max_rank=10)
+    evaluator.update(query, q_pids, q_camids, True)
+    evaluator.update(gallery, g_pids, g_camids, False)
+    calls = []
+    monkeypatch.setattr("reidfast.evaluation.pairwise_distance", lambda *a, **k: calls.append(a))
+    result = quiet(evaluator.compute)
+    assert not calls  # no distance matrix was built
+    assert_same(result.ranking, expected(query, gallery, q_pids, g_pids, q_camids, g_camids, max_rank=10))
