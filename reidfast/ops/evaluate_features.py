@@ -5,15 +5,16 @@ distances (each one computed by the same kernel with the same float operations; 
 kernels does not depend on the tiling), the same ranking (ties by gallery index), junk and distractors,
 skipped queries and CUHK03 draws, and the same float64 AP/INP arithmetic (ops/evaluation.py).
 
-Method, per set of query rows:
-  1. pivots: each query's gallery items of its own pid (its correct matches, and the junk of its own
-     camera), their distances computed first (a small product against the union of those items), sorted by
-     (distance, gallery index);
-  2. one blockwise pass over the gallery: the distances of a block of gallery items to all the queries,
-     then per query a histogram of the block's items over the slots between consecutive pivots (csrc/cpu/
-     rank_count.cpp: one compare per 8 distances drops the items behind the farthest match);
-  3. the prefix sums of the histogram give each match's rank among all items; minus the junk before it,
-     its rank among the kept items, from which AP, INP and the CMC follow (ops/evaluation.py).
+Method:
+  1. pivots: each query's correct matches (gallery items of its pid in another camera), their distances
+     computed first (per PAIR_ROWS queries, a small product against the union of their identities' items),
+     sorted by (distance, gallery index);
+  2. one blockwise pass over the gallery: the distances of a block of gallery items to all the queries
+     (the fused kernel into one reused buffer), then per query a histogram of the block's items of other
+     identities over the slots between consecutive matches (csrc/cpu/rank_count.cpp: one compare per 8
+     distances drops the items behind the farthest match; junk and the other matches are never counted);
+  3. the histogram's prefix sum at match j, plus j, is the match's 0-based rank among the kept items, from
+     which AP, INP and the CMC follow in the reference's float64 arithmetic (ops/evaluation.py).
 CUHK03 adds one pass per block of queries with a histogram per gallery identity at the sampled matches.
 Memory: O(Q * (matches + block)); the block is about BLOCK_BYTES of distances.
 """
@@ -42,7 +43,7 @@ BLOCK_BYTES = 32 << 20  # distances of one gallery block against the query rows 
 DEVICE_BLOCK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}  # the torch backend's temporaries per block
 _DEVICE_BYTES_PER_DISTANCE = 48  # the torch backend per distance: the distance, two int64 slots, flat index
 CUHK03_HISTOGRAM_BYTES = 64 << 20  # per-identity histograms of one block of CUHK03 queries
-PAIR_ROWS = 256  # query rows per product when computing the pivots' distances
+PAIR_ROWS = 64  # query rows per product for the match distances (their union: ~1-2% of a Market-size pass)
 MIN_BLOCK_COLUMNS = 256
 
 
