@@ -214,9 +214,9 @@ def test_bad_input():
     query, gallery, q_pids, g_pids, q_camids, g_camids = make_problem(np.random.default_rng(0), 5, 20, 4, 3)
     good = dict(q_pids=q_pids, g_pids=g_pids, q_camids=q_camids, g_camids=g_camids)
     call = lambda q=query, g=gallery, **kw: reidfast.evaluate_features(q, g, **{**good, **kw})  # noqa: E731
-    with pytest.raises(ValueError, match="g_pids: has length 19 but gallery_feats has 20 rows"):
+    with pytest.raises(ValueError, match=r"g_pids: expected length 20 \(rows of gallery_feats\), got 19"):
         call(g_pids=g_pids[:-1])
-    with pytest.raises(ValueError, match="q_camids: has length 4 but query_feats has 5 rows"):
+    with pytest.raises(ValueError, match=r"q_camids: expected length 5 \(rows of query_feats\), got 4"):
         call(q_camids=q_camids[:-1])
     with pytest.raises(ValueError, match="q_pids: expected integer labels"):
         call(q_pids=q_pids + 0.5)

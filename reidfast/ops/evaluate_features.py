@@ -114,7 +114,7 @@ def _check_features(values: Any, name: str, allow_empty: bool = False) -> torch.
 def _labels(values: Any, name: str, length: int, feats_name: str) -> torch.Tensor:
     tensor, _ = as_tensor(values, name)
     if tensor.dim() == 1 and tensor.shape[0] != length:
-        raise ValueError(f"{name}: has length {tensor.shape[0]} but {feats_name} has {length} rows")
+        raise ValueError(f"{name}: expected length {length} (rows of {feats_name}), got {tensor.shape[0]}")
     return _evaluation._label_vector(tensor, name, length, f"rows of {feats_name}")
 
 
@@ -456,7 +456,11 @@ def _evaluate_reference(inputs: _Inputs, protocol: str, seed: Any, num_repeats: 
         inputs.query.cpu(), inputs.gallery.cpu(), *args, metric=inputs.metric, protocol=protocol,
         max_rank=labels.max_rank, seed=seed, num_repeats=num_repeats,
     )
-    return _evaluation._from_reference(result, inputs.gallery.shape[0], protocol, "reference")
+    return RankingResult(
+        cmc=result.cmc, mAP=result.mAP, mINP=result.mINP, num_valid_queries=result.num_valid_queries,
+        num_skipped_queries=result.num_skipped_queries, num_gallery=inputs.gallery.shape[0], protocol=protocol,
+        backend="reference",
+    )
 
 
 def _evaluate_with(pass_, inputs: _Inputs, protocol, seed, num_repeats, chunk_size, progress) -> RankingResult:
