@@ -483,7 +483,6 @@ class ReIDEvaluator:
         g_pids, g_camids = labels[~is_query, 0], labels[~is_query, 1]
         rerank = self.rerank if rerank is None else rerank
         verification = self.verification if verification is None else verification
-        distmat = None
         if verification or (rerank and self.metric not in ("euclidean", "cosine")):
             distmat = pairwise_distance(query_features, gallery_features, metric=self.metric)
             ranking = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)

@@ -23,6 +23,12 @@ namespace cpu {
 // distances in the block, in every row (they are not counted). OpenMP over rows; AVX2 on x86-64 CPUs that have it:
 // one compare per 8 distances rejects every item behind the row's farthest pivot, only the others are
 // placed by binary search.
+//
+// Not fused into the distance tile (yet): the block of distances is written by the fused kernel and read back
+// here while it is still in cache (about 32 MiB per block). The fused form is a RankCountEpilogue beside
+// TopkEpilogue in gemm_isa.inc: the row's farthest-match distance as the vector filter on each MR x NR tile
+// (as the top-k threshold is), the few survivors appended to a per-row list that this binary search places
+// after the tile; it saves the block's store and load, i.e. little next to the product at D >= 256.
 int64_t rank_count_block(const ArrayView& distances, int64_t col0, const ArrayView& pivot_offsets,
                          const ArrayView& pivot_distance, const ArrayView& pivot_index, const ArrayView* row_labels,
                          const ArrayView* item_labels, const ArrayView* groups, int64_t num_groups,
