@@ -44,6 +44,21 @@ def run(backend, protocol, rows=slice(None), group=None):
     return result.to_dict()
 
 
+EVALUATOR_ROWS = [(0, 200), (200, 445)]  # of the queries followed by the gallery rows
+
+
+def evaluator_result(rows=slice(None)):
+    query, gallery, q_pids, g_pids, q_camids, g_camids = problem()
+    features = np.concatenate([query, gallery])
+    pids, camids = np.concatenate([q_pids, g_pids]), np.concatenate([q_camids, g_camids])
+    is_query = np.arange(features.shape[0]) < query.shape[0]
+    evaluator = reidfast.ReIDEvaluator(max_rank=10)
+    evaluator.update(torch.from_numpy(features[rows]), pids[rows], camids[rows], torch.from_numpy(is_query[rows]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return evaluator.compute().to_dict()
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
@@ -54,6 +69,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             start, end = ranges[rank]
             for backend, protocol in CASES:
                 outputs[name, backend, protocol] = run(backend, protocol, slice(start, end), dist.group.WORLD)
+        # ReIDEvaluator: queries on both ranks, the gallery sharded (no re-ranking or verification).
+        rows = slice(*EVALUATOR_ROWS[rank])
+        outputs["evaluator"] = evaluator_result(rows)
         # Without group: this rank's shard alone, though the job is initialised.
         outputs["no-group"] = run("cpu", "market1501", slice(*SHARDS["uneven"][rank]))
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
@@ -79,6 +97,10 @@ def test_two_gloo_ranks_equal_one_process():
         for name in SHARDS:
             for rank in range(WORLD_SIZE):
                 assert per_rank[rank][name, backend, protocol] == want, (name, backend, protocol, rank)
+    want = evaluator_result()
+    want["distributed_world_size"] = WORLD_SIZE
+    for rank in range(WORLD_SIZE):
+        assert per_rank[rank]["evaluator"] == want, rank
     for rank in range(WORLD_SIZE):
         assert per_rank[rank]["no-group"] == run("cpu", "market1501", slice(*SHARDS["uneven"][rank]))
         assert per_rank[rank]["no-group"]["num_gallery"] == SHARDS["uneven"][rank][1] - SHARDS["uneven"][rank][0]
