@@ -36,6 +36,7 @@ from ..reference import evaluate_features as reference
 from ..reference import evaluation as reference_evaluation
 from . import evaluation as _evaluation
 from .distance import _pairwise_distance_op, _unit_inner_stride, cpu_gemm_kernel
+from .evaluate_features_shard import Shard, join_shards
 from .evaluation import RankingResult
 
 EVALUATE_FEATURES = Op("evaluate_features")
@@ -57,43 +58,7 @@ class _Inputs:
     labels: _evaluation._Labels  # int64 host labels, effective max_rank
     metric: str
     distance_dtype: torch.dtype  # float32, or float64 for float64 features
-    shard: "_Shard | None" = None  # with group=: this rank's part of the gallery; labels are then global
-
-
-@dataclass(frozen=True)
-class _Shard:
-    """This rank's gallery rows are rows offset .. offset + len of the global gallery (ranks in order)."""
-
-    group: Any
-    offset: int
-    comm_device: torch.device  # where collectives run: the current CUDA device for nccl, else the host
-
-    def all_reduce(self, values: np.ndarray) -> np.ndarray:
-        """Sum of every rank's int64 `values` (same shape on every rank)."""
-        import torch.distributed as dist
-
-        tensor = torch.from_numpy(np.ascontiguousarray(values)).to(self.comm_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
-        return tensor.cpu().numpy()
-
-    def all_gather(self, values: torch.Tensor) -> torch.Tensor:
-        """Every rank's 1-D `values` (any length, one dtype) concatenated in rank order, on the host."""
-        return _all_gather_1d(values, self.group, self.comm_device)
-
-
-def _all_gather_1d(values: torch.Tensor, group: Any, comm_device: torch.device) -> torch.Tensor:
-    import torch.distributed as dist
-
-    world = dist.get_world_size(group)
-    size = torch.tensor([values.numel()], dtype=torch.int64, device=comm_device)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    lengths = [int(n) for n in sizes]
-    padded = torch.zeros(max(lengths), dtype=values.dtype, device=comm_device)
-    padded[: values.numel()] = values.reshape(-1).to(comm_device)
-    pieces = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(pieces, padded, group=group)
-    return torch.cat([piece[:n] for piece, n in zip(pieces, lengths)]).cpu()
+    shard: "Shard | None" = None  # with group=: this rank's part of the gallery; labels are then global
 
 
 def _check_features(values: Any, name: str, allow_empty: bool = False) -> torch.Tensor:
@@ -141,35 +106,13 @@ def _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, me
     max_rank = _evaluation._check_positive_int("max_rank", max_rank)
     shard = None
     if group is not None:
-        shard, labels = _join_shards(group, query, labels)
+        shard, labels = join_shards(group, query, labels)
         num_gallery = labels["g_pids"].shape[0]
         if num_gallery == 0:
             raise ValueError("gallery_feats: every rank's gallery shard is empty; expected at least one gallery row")
     max_rank = reference_evaluation.cut_max_rank(max_rank, num_gallery)
     distance_dtype = reference_distance.accumulation_dtype(query.dtype)
     return _Inputs(query, gallery, _evaluation._Labels(max_rank=max_rank, **labels), metric, distance_dtype, shard)
-
-
-def _join_shards(group: Any, query: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[_Shard, dict[str, torch.Tensor]]:
-    """With group=: this rank's offset in the global gallery, and the global gallery labels (gathered, in rank
-    order). Every rank must pass the same queries: checked on their count, dimension and labels."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("group: torch.distributed is not initialised; call init_process_group first or pass group=None")
-    nccl = dist.get_backend(group) == "nccl"
-    comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-    local = labels["g_pids"].shape[0]
-    sizes = _all_gather_1d(torch.tensor([local], dtype=torch.int64), group, comm_device)
-    offset = int(sizes[: dist.get_rank(group)].sum())
-    signature = torch.cat([torch.tensor([query.shape[0], query.shape[1]]), labels["q_pids"], labels["q_camids"]])
-    signatures = _all_gather_1d(signature, group, comm_device)
-    if not torch.equal(signatures, signature.repeat(dist.get_world_size(group))):
-        raise ValueError("query_feats: every rank must pass the same queries (count, dimension, q_pids, q_camids)")
-    joined = dict(labels)
-    joined["g_pids"] = _all_gather_1d(labels["g_pids"], group, comm_device)
-    joined["g_camids"] = _all_gather_1d(labels["g_camids"], group, comm_device)
-    return _Shard(group, offset, comm_device), joined
 
 
 # -------------------------------------------------------------------------------------------------------
