@@ -10,7 +10,6 @@ import torch
 
 import reidfast
 from reidfast import _native
-from reidfast.ops import evaluate_features as op
 from reidfast.reference import evaluate_features as reference
 
 NATIVE = reidfast.backends()["cpu"].available
