@@ -116,7 +116,7 @@ def _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, me
 
 
 # -------------------------------------------------------------------------------------------------------
-# Pivots: each query's own-pid gallery items, their distances, sorted by (distance, index).
+# Pivots: each query's correct matches with their distances, sorted by (distance, gallery index).
 # -------------------------------------------------------------------------------------------------------
 @dataclass
 class _Pivots:
