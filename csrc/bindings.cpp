@@ -13,6 +13,7 @@
 #include "cpu/evaluate.h"
 #include "cpu/rerank.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/rank_count.h"
 // [includes: cpu]  (marker: add CPU headers above)
 #ifdef REIDFAST_WITH_CUDA
 #include "cuda/distance.h"  // runtime_version() for build_info()
@@ -217,6 +218,20 @@ PYBIND11_MODULE(_C, m) {
       py::arg("anchors"), py::arg("candidates"), py::arg("anchor_labels"), py::arg("candidate_labels"),
       py::arg("anchor_index"), py::arg("metric"), py::arg("dist_ap"), py::arg("dist_an"), py::arg("positive_index"),
       py::arg("negative_index"), py::arg("kernel"));
+
+  // Evaluation straight from features: the counting pass over one block of distances (cpu/rank_count.h).
+  m.def(
+      "rank_count_block_cpu",
+      [](const ArrayView& distances, int64_t col0, const ArrayView& pivot_offsets, const ArrayView& pivot_distance,
+         const ArrayView& pivot_index, const ArrayView* row_labels, const ArrayView* item_labels,
+         const ArrayView* groups, int64_t num_groups, const ArrayView& histogram) {
+        py::gil_scoped_release release;
+        return reidfast::cpu::rank_count_block(distances, col0, pivot_offsets, pivot_distance, pivot_index,
+                                               row_labels, item_labels, groups, num_groups, histogram);
+      },
+      py::arg("distances"), py::arg("col0"), py::arg("pivot_offsets"), py::arg("pivot_distance"),
+      py::arg("pivot_index"), py::arg("row_labels").none(true), py::arg("item_labels").none(true),
+      py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

@@ -15,6 +15,7 @@ from ._native import build_info
 from .evaluation import EvaluatorResult, ReIDEvaluator, VerificationResult, verification_metrics
 from .losses import BatchHardTripletLoss, CrossEntropyLabelSmooth
 from .ops.distance import pairwise_distance
+from .ops.evaluate_features import evaluate_features
 from .ops.evaluation import RankingResult, evaluate
 from .ops.rerank import re_ranking, re_ranking_distances
 from .ops.topk import topk_distance
@@ -36,6 +37,7 @@ __all__ = [
     "batch_hard_triplet_loss",
     "build_info",
     "evaluate",
+    "evaluate_features",
     "pairwise_distance",
     "re_ranking",
     "re_ranking_distances",

@@ -29,6 +29,7 @@ import torch
 
 from ._arrays import as_tensor
 from .ops.distance import pairwise_distance
+from .ops.evaluate_features import evaluate_features
 from .ops.evaluation import PROTOCOLS, RankingResult, _count_nan, evaluate
 from .reference.distance import METRICS
 
@@ -454,13 +455,33 @@ class ReIDEvaluator:
         self._features.append(features_t)
         self._labels.append(torch.from_numpy(np.stack(columns, axis=1)))
 
-    def _collected(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _local(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's rows: (features (n, D), labels (n, 3) int64: pid, camid, is_query)."""
         if self._features:
             features = torch.cat([f.to(self._features[0].device, torch.promote_types(f.dtype, self._features[0].dtype)) for f in self._features])
-            labels = torch.cat(self._labels)
-        else:
-            features = torch.zeros((0, 0), device=self.device or "cpu")
-            labels = torch.zeros((0, 3), dtype=torch.int64)
+            return features, torch.cat(self._labels)
+        return torch.zeros((0, 0), device=self.device or "cpu"), torch.zeros((0, 3), dtype=torch.int64)
+
+    def _compute_sharded(self) -> EvaluatorResult:
+        """Ranking only, in a distributed job: the queries are gathered, each rank keeps its gallery rows as
+        its shard of evaluate_features(group=WORLD). No process holds the whole gallery or a Q x G matrix."""
+        features, labels = self._local()
+        is_query = labels[:, 2].bool()
+        queries, query_labels, world_size = _all_gather_rows(features[is_query.to(features.device)], labels[is_query])
+        gallery, gallery_labels = features[~is_query.to(features.device)], labels[~is_query]
+        if gallery.shape[0] == 0:  # an empty shard still needs the feature dimension
+            gallery = queries.new_zeros((0, queries.shape[1]))
+        if queries.shape[0] == 0:
+            raise ValueError("compute: needs at least one query sample; call update(..., is_query=...) with some")
+        ranking = evaluate_features(
+            queries, gallery.to(queries.device), query_labels[:, 0], gallery_labels[:, 0], query_labels[:, 1],
+            gallery_labels[:, 1], self.metric, self.protocol, self.max_rank, group=torch.distributed.group.WORLD,
+            seed=self.seed,
+        )
+        return EvaluatorResult(ranking, None, None, queries.shape[0], ranking.num_gallery, world_size)
+
+    def _collected(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        features, labels = self._local()
         world_size = 1
         if self.distributed and _is_distributed():
             features, labels, world_size = _all_gather_rows(features, labels)
@@ -468,7 +489,12 @@ class ReIDEvaluator:
 
     def compute(self, rerank: bool | None = None, verification: bool | None = None) -> EvaluatorResult:
         """Rank every query against the gallery -> EvaluatorResult (ranking; reranked when rerank, default
-        the constructor's; verification when verification, default the constructor's)."""
+        the constructor's; verification when verification, default the constructor's). In a distributed job
+        without re-ranking and verification, the gallery stays sharded over the ranks (_compute_sharded)."""
+        rerank = self.rerank if rerank is None else rerank
+        verification = self.verification if verification is None else verification
+        if self.distributed and _is_distributed() and not rerank and not verification:
+            return self._compute_sharded()
         features, labels, world_size = self._collected()
         is_query = labels[:, 2].bool()
         num_query, num_gallery = int(is_query.sum()), int((~is_query).sum())
@@ -480,11 +506,15 @@ class ReIDEvaluator:
         query_features, gallery_features = features[is_query.to(features.device)], features[~is_query.to(features.device)]
         q_pids, q_camids = labels[is_query, 0], labels[is_query, 1]
         g_pids, g_camids = labels[~is_query, 0], labels[~is_query, 1]
-        distmat = pairwise_distance(query_features, gallery_features, metric=self.metric)
-        ranking = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
+        if verification or (rerank and self.metric not in ("euclidean", "cosine")):
+            distmat = pairwise_distance(query_features, gallery_features, metric=self.metric)
+            ranking = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
+        else:  # the same numbers without the Q x G matrix (large galleries)
+            ranking = evaluate_features(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
+                                        self.metric, self.protocol, self.max_rank, seed=self.seed)
 
         reranked = None
-        if self.rerank if rerank is None else rerank:
+        if rerank:
             from .ops.rerank import re_ranking, re_ranking_distances
 
             if self.metric in ("euclidean", "cosine"):  # from features: no (Q+G)^2 matrix at all
@@ -499,7 +529,7 @@ class ReIDEvaluator:
             reranked = evaluate(reranked_distmat, q_pids, g_pids, q_camids, g_camids, self.max_rank, self.protocol, self.seed)
 
         verification_result = None
-        if self.verification if verification is None else verification:
+        if verification:
             verification_result = verification_metrics(
                 distmat, q_pids, g_pids, q_camids, g_camids, self.verification_threshold,
                 max_pairs=self.max_verification_pairs, seed=self.seed,

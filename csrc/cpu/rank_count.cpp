@@ -1,0 +1,180 @@
+// Rank counting on a block of distances (rank_count.h), for evaluation straight from features.
+//
+// Per row, the pivots (a query's correct matches, or its sampled matches for CUHK03) are sorted by the
+// ranking key (distance, gallery index). An item ranks before pivot j iff its key is smaller, so the items
+// of a row fall into slots between consecutive pivots; counting them per slot, over all blocks of the
+// gallery, gives every pivot's rank by a prefix sum. Most items lie behind the row's farthest pivot: one
+// vector compare per 8 distances drops them (AVX2 where the CPU has it, a scalar loop otherwise), and the
+// few others are placed by a binary search over the row's pivots (exact key order, ties by index).
+#include "rank_count.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(REIDFAST_NO_X86_SIMD)
+#define REIDFAST_RANK_COUNT_AVX2 1
+#include <immintrin.h>
+#else
+#define REIDFAST_RANK_COUNT_AVX2 0
+#endif
+
+namespace reidfast {
+namespace cpu {
+namespace {
+
+// Columns c of row[0, cols) with !(row[c] > bound) (at or before the bound, or NaN) -> candidates; returns
+// how many, in increasing column order.
+template <typename T>
+int64_t collect_scalar(const T* row, int64_t cols, T bound, int32_t* candidates) {
+  int64_t count = 0;
+  for (int64_t c = 0; c < cols; ++c) {
+    if (!(row[c] > bound)) candidates[count++] = static_cast<int32_t>(c);
+  }
+  return count;
+}
+
+#if REIDFAST_RANK_COUNT_AVX2
+__attribute__((target("avx2"))) int64_t collect_avx2(const float* row, int64_t cols, float bound,
+                                                      int32_t* candidates) {
+  const __m256 limit = _mm256_set1_ps(bound);
+  int64_t count = 0, c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    // _CMP_NGT_UQ: not greater, NaN included (counted by the caller)
+    unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + c), limit, _CMP_NGT_UQ)));
+    for (; mask; mask &= mask - 1) candidates[count++] = static_cast<int32_t>(c + __builtin_ctz(mask));
+  }
+  for (; c < cols; ++c) {
+    if (!(row[c] > bound)) candidates[count++] = static_cast<int32_t>(c);
+  }
+  return count;
+}
+
+__attribute__((target("avx2"))) int64_t collect_avx2(const double* row, int64_t cols, double bound,
+                                                      int32_t* candidates) {
+  const __m256d limit = _mm256_set1_pd(bound);
+  int64_t count = 0, c = 0;
+  for (; c + 4 <= cols; c += 4) {
+    unsigned mask = static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(row + c), limit, _CMP_NGT_UQ)));
+    for (; mask; mask &= mask - 1) candidates[count++] = static_cast<int32_t>(c + __builtin_ctz(mask));
+  }
+  for (; c < cols; ++c) {
+    if (!(row[c] > bound)) candidates[count++] = static_cast<int32_t>(c);
+  }
+  return count;
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+template <typename T>
+int64_t collect(const T* row, int64_t cols, T bound, int32_t* candidates) {
+#if REIDFAST_RANK_COUNT_AVX2
+  if (cpu_has_avx2()) return collect_avx2(row, cols, bound, candidates);
+#endif
+  return collect_scalar(row, cols, bound, candidates);
+}
+
+template <typename T>
+int64_t count_typed(const ArrayView& distances, int64_t col0, const int64_t* offsets, const T* pivot_distance,
+                    const int64_t* pivot_index, const int64_t* row_labels, const int64_t* item_labels,
+                    const int64_t* groups, int64_t num_groups, int64_t* histogram) {
+  const int64_t rows = distances.size(0), cols = distances.size(1), stride = distances.stride(0);
+  int64_t nan_count = 0;
+#pragma omp parallel reduction(+ : nan_count)
+  {
+    std::vector<int32_t> candidates(static_cast<size_t>(cols));
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t first = offsets[r], count = offsets[r + 1] - first;
+      const T* row = distances.ptr<T>() + r * stride;
+      const T* distance = pivot_distance + first;
+      const int64_t* index = pivot_index + first;
+      // Without pivots only the NaNs (and -inf) are collected: they are counted like any other row's.
+      const T bound = count > 0 ? distance[count - 1] : -std::numeric_limits<T>::infinity();
+      const int64_t found = collect(row, cols, bound, candidates.data());
+      for (int64_t i = 0; i < found; ++i) {
+        const int64_t c = candidates[i], g = col0 + c;
+        const T value = row[c];
+        if (std::isnan(value)) {
+          ++nan_count;
+          continue;
+        }
+        if (row_labels != nullptr && item_labels[g] == row_labels[r]) continue;  // the row's own label: not counted
+        // slot = #{pivots with key < (value, g)}: binary search on the sorted keys
+        int64_t lo = 0, hi = count;
+        while (lo < hi) {
+          const int64_t mid = (lo + hi) / 2;
+          if (distance[mid] < value || (distance[mid] == value && index[mid] < g)) {
+            lo = mid + 1;
+          } else {
+            hi = mid;
+          }
+        }
+        if (lo < count) histogram[(first + lo) * num_groups + (groups ? groups[g] : 0)] += 1;
+      }
+    }
+  }
+  return nan_count;
+}
+
+}  // namespace
+
+int64_t rank_count_block(const ArrayView& distances, int64_t col0, const ArrayView& pivot_offsets,
+                         const ArrayView& pivot_distance, const ArrayView& pivot_index, const ArrayView* row_labels,
+                         const ArrayView* item_labels, const ArrayView* groups, int64_t num_groups,
+                         const ArrayView& histogram) {
+  check_matrix(distances, "distances", /*want_cuda=*/false);
+  check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64,
+        std::string("distances: expected float32 or float64, got ") + dtype_name(distances.dtype));
+  const int64_t rows = distances.size(0), cols = distances.size(1);
+  check(cols < (int64_t{1} << 31), "distances: expected fewer than 2^31 columns per block");
+  check(col0 >= 0, "col0: expected >= 0");
+  check_vector(pivot_offsets, "pivot_offsets", rows + 1, DType::Int64);
+  const int64_t* offsets = pivot_offsets.ptr<int64_t>();
+  const int64_t num_pivots = pivot_distance.ndim() == 1 ? pivot_distance.size(0) : -1;
+  check_vector(pivot_distance, "pivot_distance", num_pivots, distances.dtype);
+  check_vector(pivot_index, "pivot_index", num_pivots, DType::Int64);
+  check(offsets[0] >= 0 && offsets[rows] <= num_pivots, "pivot_offsets: expected offsets within the pivots");
+  for (int64_t r = 0; r < rows; ++r) check(offsets[r] <= offsets[r + 1], "pivot_offsets: expected non-decreasing offsets");
+  check((row_labels == nullptr) == (item_labels == nullptr), "row_labels, item_labels: expected both or neither");
+  const int64_t* row_label_ids = nullptr;
+  const int64_t* item_label_ids = nullptr;
+  if (row_labels != nullptr) {
+    check_vector(*row_labels, "row_labels", rows, DType::Int64);
+    check(item_labels->ndim() == 1 && item_labels->size(0) >= col0 + cols,
+          "item_labels: expected a vector covering the block's columns");
+    check_vector(*item_labels, "item_labels", item_labels->size(0), DType::Int64);
+    row_label_ids = row_labels->ptr<int64_t>();
+    item_label_ids = item_labels->ptr<int64_t>();
+  }
+  check(num_groups >= 1, "num_groups: expected >= 1");
+  const int64_t* group_ids = nullptr;
+  if (groups != nullptr) {
+    check(groups->ndim() == 1 && groups->size(0) >= col0 + cols, "groups: expected a vector covering the block's columns");
+    check_vector(*groups, "groups", groups->size(0), DType::Int64);
+    group_ids = groups->ptr<int64_t>();
+    for (int64_t c = 0; c < cols; ++c) {
+      check(group_ids[col0 + c] >= 0 && group_ids[col0 + c] < num_groups, "groups: expected values in [0, num_groups)");
+    }
+  } else {
+    check(num_groups == 1, "num_groups: expected 1 without groups");
+  }
+  check_vector(histogram, "histogram", num_pivots * num_groups, DType::Int64);
+  if (distances.dtype == DType::Float32) {
+    return count_typed<float>(distances, col0, offsets, pivot_distance.ptr<float>(), pivot_index.ptr<int64_t>(),
+                              row_label_ids, item_label_ids, group_ids, num_groups, histogram.ptr<int64_t>());
+  }
+  return count_typed<double>(distances, col0, offsets, pivot_distance.ptr<double>(), pivot_index.ptr<int64_t>(),
+                             row_label_ids, item_label_ids, group_ids, num_groups, histogram.ptr<int64_t>());
+}
+
+}  // namespace cpu
+}  // namespace reidfast
