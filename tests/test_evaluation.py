@@ -52,6 +52,10 @@ def assert_same_result(result, expected):
     assert result.mINP == expected.mINP, (result.mINP, expected.mINP)
     assert result.num_valid_queries == expected.num_valid_queries
     assert result.num_skipped_queries == expected.num_skipped_queries
+    # Per valid query, in query order: bit-identical too.
+    np.testing.assert_array_equal(result.average_precision, expected.average_precision)
+    np.testing.assert_array_equal(result.inverse_negative_penalty, expected.inverse_negative_penalty)
+    assert result.average_precision.shape == (expected.num_valid_queries,)
 
 
 def reference_market(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -75,6 +79,8 @@ def test_hand_case_ranks_1_3_6(backend):
     assert result.mAP == pytest.approx((1 / 1 + 2 / 3 + 3 / 6) / 3, abs=1e-15)
     assert result.mINP == pytest.approx(3 / 6, abs=1e-15)
     assert (result.num_valid_queries, result.num_skipped_queries) == (1, 0)
+    np.testing.assert_allclose(result.average_precision, [(1 / 1 + 2 / 3 + 3 / 6) / 3], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(result.inverse_negative_penalty, [3 / 6], rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ops import evaluation as ops_evaluation
 from ..ops.distance import pairwise_distance
 from ._common import PatchHandle, evaluate_quietly, open_reid_batch_hard_terms, patch_attributes
 from .torchreid import re_ranking  # fast-reid's evaluation/rerank.py is torchreid's function, same signature
@@ -50,31 +49,9 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
 
 
 def _market1501_per_query(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """-> (cmc, AP (V,), INP (V,)) float64 over the V valid queries.
-
-    reidfast.evaluate returns means only; the native evaluator's per-query pass (the one evaluate runs on the
-    host) gives the per-query values. Without it (no native module, or another backend forced) each row is
-    evaluated on its own through the public op.
-    """
-    distmat_t, labels = ops_evaluation._validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    backend, _ = ops_evaluation.EVALUATE.select(torch.device("cpu"))
-    if backend == "cpu" and distmat_t.device.type == "cpu":
-        first_match_rank, average_precision, inverse_negative_penalty = ops_evaluation._cpu_per_query(distmat_t, labels)
-        result = ops_evaluation._aggregate(
-            first_match_rank, average_precision, inverse_negative_penalty, labels.max_rank, distmat_t.shape[1], "cpu"
-        )
-        valid = first_match_rank > 0
-        return result.cmc.copy(), average_precision[valid], inverse_negative_penalty[valid]
-    rows = []
-    for query in range(distmat_t.shape[0]):
-        row_labels = (labels.q_pids[query : query + 1], labels.g_pids, labels.q_camids[query : query + 1], labels.g_camids)
-        try:
-            rows.append(evaluate_quietly(distmat_t[query : query + 1], *row_labels, labels.max_rank, False))
-        except ValueError:  # no valid match: skipped, as fast-reid does
-            continue
-    ops_evaluation.reference._check_some_query_valid(len(rows))
-    cmc = (np.sum([r.cmc.astype(np.float64) for r in rows], axis=0) / len(rows)).astype(np.float32)
-    return cmc, np.array([r.mAP for r in rows]), np.array([r.mINP for r in rows])
+    """-> (cmc, AP (V,), INP (V,)) float64 over the V valid queries (rf.evaluate's per-query results)."""
+    result = evaluate_quietly(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, False)
+    return result.cmc.copy(), result.average_precision, result.inverse_negative_penalty
 
 
 def _weighted_mining(dist_mat: torch.Tensor, is_pos: torch.Tensor, is_neg: torch.Tensor):

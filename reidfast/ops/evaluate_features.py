@@ -37,7 +37,7 @@ from ..reference import evaluation as reference_evaluation
 from . import evaluation as _evaluation
 from .distance import _pairwise_distance_op, _unit_inner_stride, cpu_gemm_kernel
 from .evaluate_features_shard import Shard, join_shards
-from .evaluation import RankingResult
+from .evaluation.result import RankingResult, from_reference
 
 EVALUATE_FEATURES = Op("evaluate_features")
 BLOCK_BYTES = 32 << 20  # distances of one gallery block against the query rows of a pass (host)
@@ -399,11 +399,7 @@ def _evaluate_reference(inputs: _Inputs, protocol: str, seed: Any, num_repeats: 
         inputs.query.cpu(), inputs.gallery.cpu(), *args, metric=inputs.metric, protocol=protocol,
         max_rank=labels.max_rank, seed=seed, num_repeats=num_repeats,
     )
-    return RankingResult(
-        cmc=result.cmc, mAP=result.mAP, mINP=result.mINP, num_valid_queries=result.num_valid_queries,
-        num_skipped_queries=result.num_skipped_queries, num_gallery=inputs.gallery.shape[0], protocol=protocol,
-        backend="reference",
-    )
+    return from_reference(result, inputs.gallery.shape[0], protocol, "reference")
 
 
 def _evaluate_with(pass_, inputs: _Inputs, protocol, seed, num_repeats, chunk_size, progress) -> RankingResult:

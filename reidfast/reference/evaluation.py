@@ -38,6 +38,8 @@ class EvaluationResult:
 
     cmc: float32 (max_rank,), cmc[k-1] = fraction of valid queries with a correct match in the top k.
     max_rank is the requested one, or num_gallery when the gallery is smaller.
+    average_precision, inverse_negative_penalty: float64 (num_valid_queries,), per valid query in query order
+    (torchreid's all_AP, fast-reid's all_INP); mAP and mINP are their means.
     """
 
     cmc: np.ndarray
@@ -45,6 +47,8 @@ class EvaluationResult:
     mINP: float
     num_valid_queries: int
     num_skipped_queries: int
+    average_precision: np.ndarray
+    inverse_negative_penalty: np.ndarray
 
 
 def evaluate_market1501(
@@ -178,13 +182,18 @@ def _result(
     mean_cmc: np.ndarray, average_precisions: list[float], inverse_negative_penalties: list[float], num_skipped: int
 ) -> EvaluationResult:
     cmc = mean_cmc.astype(np.float32)
-    cmc.setflags(write=False)
+    per_query_ap = np.array(average_precisions, dtype=np.float64)
+    per_query_inp = np.array(inverse_negative_penalties, dtype=np.float64)
+    for array in (cmc, per_query_ap, per_query_inp):
+        array.setflags(write=False)
     return EvaluationResult(
         cmc=cmc,
         mAP=float(np.mean(average_precisions)),
         mINP=float(np.mean(inverse_negative_penalties)),
         num_valid_queries=len(average_precisions),
         num_skipped_queries=num_skipped,
+        average_precision=per_query_ap,
+        inverse_negative_penalty=per_query_inp,
     )
 
 

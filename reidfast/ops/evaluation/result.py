@@ -21,6 +21,8 @@ class RankingResult:
     cmc: float32 (max_rank,), cmc[k-1] = fraction of valid queries with a correct match in the top k
     (max_rank is cut to num_gallery when the gallery is smaller). mAP, mINP: float in [0, 1].
     A query is valid when a gallery item of its pid remains after removing its pid's same-camera items.
+    average_precision, inverse_negative_penalty: float64 (num_valid_queries,), each valid query's AP and INP in
+    query order (torchreid's all_AP, fast-reid's all_INP); mAP and mINP are their means.
     """
 
     cmc: np.ndarray
@@ -31,6 +33,8 @@ class RankingResult:
     num_gallery: int
     protocol: str = "market1501"
     backend: str = "reference"
+    average_precision: np.ndarray | None = None
+    inverse_negative_penalty: np.ndarray | None = None
 
     def cmc_at(self, k: int) -> float:
         """CMC at rank k (1-based); nan when k is past max_rank, 1.0 past the end of a fully ranked gallery."""
@@ -103,16 +107,20 @@ def aggregate(
         cmc = (cmc_hits / num_valid).astype(np.float32)
     else:
         cmc = (sampling.cmc_sum / num_valid).astype(np.float32)
-    cmc.setflags(write=False)
+    per_query_ap, per_query_inp = average_precision[valid], inverse_negative_penalty[valid]  # copies
+    for array in (cmc, per_query_ap, per_query_inp):
+        array.setflags(write=False)
     return RankingResult(
         cmc=cmc,
-        mAP=float(np.mean(average_precision[valid])),
-        mINP=float(np.mean(inverse_negative_penalty[valid])),
+        mAP=float(np.mean(per_query_ap)),
+        mINP=float(np.mean(per_query_inp)),
         num_valid_queries=num_valid,
         num_skipped_queries=int(first_match_rank.size - num_valid),
         num_gallery=num_gallery,
         protocol="market1501" if sampling is None else "cuhk03",
         backend=backend,
+        average_precision=per_query_ap,
+        inverse_negative_penalty=per_query_inp,
     )
 
 
@@ -126,4 +134,6 @@ def from_reference(result: reference.EvaluationResult, num_gallery: int, protoco
         num_gallery=num_gallery,
         protocol=protocol,
         backend=backend,
+        average_precision=result.average_precision,
+        inverse_negative_penalty=result.inverse_negative_penalty,
     )
