@@ -13,8 +13,8 @@ What it does (the "bag of tricks" baseline, Luo et al. 2019):
   workers (`build_transforms`). The model runs channels_last (faster convolutions on CPU and GPU).
 * loss: ID cross entropy with label smoothing on the BNNeck logits + `BatchHardTripletLoss` on the features
   before BN; the fraction of active triplets (loss > 0) is shown in the progress bar.
-* optimiser: Adam (the fused kernel); per-epoch schedule = linear warm-up over `warmup_epochs`, then x`gamma` at each of
-  `milestones` (one `torch.optim.lr_scheduler.LambdaLR`).
+* optimiser: Adam (the fused kernel); per-epoch schedule = linear warm-up over `warmup_epochs`, then
+  x`gamma` at each of `milestones` (one `torch.optim.lr_scheduler.LambdaLR`).
 * AMP (float16 autocast + GradScaler) on CUDA only, when `amp=True`.
 * the running losses stay on the device: the host waits for it once per progress-bar update
   (`LOG_EVERY` steps) and once at the end of an epoch, not after every step.
@@ -25,7 +25,8 @@ What it does (the "bag of tricks" baseline, Luo et al. 2019):
 * existing `checkpoint.pt`/`metrics.json` in `out_dir` are never overwritten unless `overwrite=True`
   (or when resuming from that same `out_dir/checkpoint.pt`, which continues the same run).
 * deterministic for a seed: `torch.manual_seed`, a seeded sampler, and an augmentation generator seeded
-  from (seed, epoch, rank) (with `image_cache=False` it seeds the DataLoader's worker processes). Resuming restores the RNG states, so the resumed run
+  from (seed, epoch, rank) (with `image_cache=False` it seeds the DataLoader's worker processes).
+  Resuming restores the RNG states, so the resumed run
   takes the same steps, with the same losses, as an uninterrupted one (on the same machine and backend).
 
 DDP: launched by torchrun (WORLD_SIZE > 1 in the environment) or inside an initialised torch.distributed
@@ -74,8 +75,8 @@ from .train_checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME,
 from .train_config import TrainConfig, _is_int, _resolve_device
 from .train_distributed import _broadcast_buffers, _distributed_active, _from_rank0, _process_group, is_main_process
 
-__all__ = ["TrainConfig", "train", "build_model", "embed_images", "evaluate_model", "load_checkpoint_model", "CheckpointModel",
-           "is_main_process", "CHECKPOINT_NAME", "METRICS_NAME", "LOG_EVERY"]
+__all__ = ["TrainConfig", "train", "build_model", "embed_images", "evaluate_model", "load_checkpoint_model",
+           "CheckpointModel", "is_main_process", "CHECKPOINT_NAME", "METRICS_NAME", "LOG_EVERY"]
 
 LOG_EVERY = 20  # steps between progress-bar updates, the training loop's only host syncs within an epoch
 

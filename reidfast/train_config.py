@@ -31,8 +31,9 @@ class TrainConfig:
     "cuda:N". amp: mixed precision (CUDA only; ignored on CPU). num_workers: DataLoader workers.
     image_cache: decode the training images once into a uint8 tensor in memory (N x 3 x height x width
     bytes, on the training device) and augment whole batches there (BatchAugment); False decodes and
-    augments image by image in DataLoader workers every epoch. height, width: input image size. padding (pixels of pad + random crop; None: height / 25.6, i.e. 10 at
-    256 x 128), flip_p, erasing_p: train augmentations (build_transforms). model_width, model_layers, last_stride: the built-in ReIDModel.
+    augments image by image in DataLoader workers every epoch. height, width: input image size. padding
+    (pixels of pad + random crop; None: height / 25.6, i.e. 10 at 256 x 128), flip_p, erasing_p: train
+    augmentations (build_transforms). model_width, model_layers, last_stride: the built-in ReIDModel.
     progress: show tqdm bars.
     """
 
