@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "re-ranking, compute verification metrics, draw CMC curves, a ranked-results grid and a "
                     "t-SNE, and write summary.md and metrics.json into --out.")
     demo.add_argument("--out", default="reidfast-demo", help="output folder (default ./reidfast-demo)")
-    demo.add_argument("--epochs", type=_positive_int, help="training epochs (default 60)")
+    demo.add_argument("--epochs", type=_positive_int, help="training epochs (default 30)")
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the dataset, model and training (default 0)")
     demo.add_argument("--data", help="synthetic dataset folder (default OUT/data; reused when it holds the same dataset)")

@@ -52,6 +52,7 @@ def test_loss_falls_and_map_beats_the_untrained_model(dataset, full_run):
     trained = result["final"]["ranking"]["mAP"]
     assert trained > untrained + 0.05, (untrained, trained)
     assert len(messages) == 2 and "epoch 2/2" in messages[1] and "mAP" in messages[1]
+    assert "to go for 1 more epochs" in messages[0] and "to go" not in messages[1]  # the first epoch's estimate
     assert isinstance(result["model"], ReIDModel)
 
 
@@ -118,7 +119,7 @@ def test_existing_outputs_are_not_overwritten(dataset, full_run, tmp_path):
     ("batch_k", 1), ("batch_p", 1), ("epochs", 0), ("epochs", 1.5), ("lr", 0.0), ("lr", float("nan")),
     ("weight_decay", -1.0), ("milestones", (5, 3)), ("gamma", 0.0), ("margin", -0.1), ("margin", "hard"),
     ("label_smoothing", 1.0), ("eval_every", -1), ("device", "tpu"), ("height", 4), ("num_workers", -1),
-    ("last_stride", 3), ("warmup_epochs", -2), ("erasing_p", 2.0),
+    ("last_stride", 3), ("warmup_epochs", -2), ("erasing_p", 2.0), ("image_cache", 1),
 ])
 def test_bad_config_values_are_clear_errors(field, value):
     with pytest.raises(ValueError, match=rf"invalid TrainConfig: {field}"):
@@ -143,3 +144,16 @@ def test_custom_backbone_model_trains(dataset, tmp_path):
     result = train(dataset, TrainConfig(**{**TINY, "epochs": 1}), tmp_path, log=None, model=model)
     assert result["model"] is model and result["history"][0]["steps"] > 0
     assert result["final"]["ranking"]["mAP"] > 0
+
+
+def test_per_image_data_path_trains_like_the_cached_one(dataset, full_run, tmp_path):
+    """image_cache=False: decoded and augmented image by image in a DataLoader (other random draws, same steps)."""
+    _, full, _ = full_run
+    config = TrainConfig(**{**TINY, "epochs": 1, "image_cache": False})
+    result = train(dataset, config, tmp_path, log=None)
+    cached = full["history"][0]
+    first = result["history"][0]
+    assert first["steps"] == cached["steps"]
+    assert first["step_losses"] != pytest.approx(cached["step_losses"], rel=1e-6)  # another augmentation stream
+    assert first["step_losses"][-1] < first["step_losses"][0]
+    assert first["loss"] == pytest.approx(cached["loss"], rel=0.15)
