@@ -2,7 +2,7 @@
 # A GPU session in ONE command of at most 8 minutes on an H100 (a lease is ~15 min in all, 10 min per command).
 # Stages run in the order of what we most need to know; each has its own time budget (`timeout`) and writes
 # $OUT/<stage>.log as it runs and $OUT/<stage>.stage.json (exit, seconds, budget) the moment it ends, beside its
-# data ($OUT/test.xml, bench.json, interop.json, written as each case ends), so a run stopped at its limit
+# data ($OUT/test-*.xml, bench.json, interop.json: written as each case ends), so a run stopped at its limit
 # still returns every finished stage. $OUT/summary.json and summary.md come last. Paste the numbers into
 # benchmarks/RESULTS.md with the card's name and the date.
 #
@@ -10,26 +10,30 @@
 #   bash scripts/gpu_session.sh --dry-run        # here, on the CPU: every stage's plumbing; card stages skip
 #   bash scripts/gpu_session.sh build full-test  # stages by name (a longer lease): any of those listed below
 #
-# Quick run, budgets (s) and what we expect them to take on an H100 host (16 cores):
-#   card       5  nvidia-smi facts.                                                       expect ~1
-#   build    130  pip install -e . for sm_90 only, all cores (timed).                     expect ~70
-#                 (estimate: the CPU build of _C takes ~4 min on 2 loaded cores here -> ~40 s on 16; nvcc for
-#                 all of csrc/cuda at one arch: ~15 s of CPU here, files in parallel)
-#   backends  30  reidfast.backends() and build_info() as JSON.                           expect ~5
-#   test     120  the CUDA and Triton tests only (pytest -m "cuda or triton"; their float32/float16/bfloat16
-#                 cases), JUnit XML.                                                     expect ~90 (Triton
-#                 compiles each kernel variant once: ~1-2 s each, most of the time)
-#   bench    110  benchmarks/gpu_headline.py: distance vs torch.mm / torch.cdist at 16384^2 x 2048 (fp32,
-#                 TF32, fp16), top-k vs distance + torch.topk, triplet fwd+bwd B 512-8192 x 2048 vs the torch
-#                 formula and pytorch-metric-learning, re-ranking and evaluation at Market scale.  expect ~80
-#                 (distance: 9 providers x 6 runs x ~25 ms; the Market re-ranking reference is the long one,
-#                 ~20 s on a fast host CPU; Triton autotuning ~20 s)
-#   interop   40  benchmarks/gpu_interop.py: cupy round trip, AMP, 2-process NCCL DDP (skips with 1 GPU). ~20
-#   memcheck  60  compute-sanitizer memcheck on scripts/exercise_cuda_kernels.py.        expect ~40
-#                 (the script's launches are small; memcheck slows kernels ~10-100x and adds ~10 s start-up)
-#   racecheck, synccheck  60 each, only if the 480 s run budget still has room for them.
-# Estimates come from the CPU timings above scaled by core count, and the sanitizer's documented slowdowns;
-# nothing here has run on a card yet: the first run's stage JSONs replace these guesses.
+# Quick run, budgets (s; they add up to the 480 s run budget) and what we expect on an H100 host (16 cores):
+#   card          5  nvidia-smi facts.                                                    expect ~1
+#   build       120  pip install -e . for sm_90 only, all cores (timed).                  expect ~60
+#                    (the CPU part of _C takes ~4 min on this 2-core, heavily shared machine -> ~40 s on 16
+#                    cores; nvcc for all of csrc/cuda at one arch is ~15 s of CPU, files in parallel)
+#   backends     25  reidfast.backends() and build_info() as JSON.                        expect ~5
+#   test-cuda    50  pytest -m "cuda and not triton": the CUDA backend's cases on the card (float32, float16,
+#                    bfloat16 and float64 parameters), one line per test.                 expect ~30
+#   test-triton  90  pytest -m triton: the Triton kernels compiled for the card.          expect ~80 (a fresh
+#                    machine compiles every kernel variant and autotuning config: ~1-2 s each)
+#   bench       100  benchmarks/gpu_headline.py: distance vs torch.mm / torch.cdist at 16384^2 x 2048 (fp32,
+#                    TF32, fp16), top-k vs distance + torch.topk, triplet fwd+bwd B 512-8192 x 2048 vs the torch
+#                    formula and pytorch-metric-learning, re-ranking and evaluation at Market scale.  expect ~80
+#                    (distance: 3 precisions x 5 providers x 6 runs x ~20-50 ms; Triton autotuning ~20 s; the
+#                    Market re-ranking reference on the host CPU ~20 s)
+#   interop      35  benchmarks/gpu_interop.py: cupy round trip, AMP, 2-process NCCL DDP (skips with 1 GPU).
+#                    expect ~15
+#   memcheck     55  compute-sanitizer memcheck on scripts/exercise_cuda_kernels.py.    expect ~40
+#                    (small launches; memcheck slows kernels 10-100x and adds ~10 s of start-up)
+#   racecheck, synccheck  60 each, only if the run budget still holds them whole (stages ending early).
+# How estimated: CPU times measured here scaled by core count (build), launch counts x kernel times from the
+# kernels' flop counts at H100 peak (bench), compute-sanitizer's documented slowdowns. Nothing has run on a
+# card yet: the first run's *.stage.json files replace these guesses. Every budget is also cut to what the
+# run budget has left, so the whole run stays under RUN_BUDGET (480 s) plus the summary.
 #
 # Full stages (the old ones, for a longer lease): full-test (the whole test suite), sanitize-all (memcheck,
 # racecheck, synccheck, initcheck), bench-all (the whole pytest-benchmark suite + report.py).
@@ -91,34 +95,41 @@ stage_build() {
     skip_stage build "dry run: would run REIDFAST_CUDA=1 CMAKE_CUDA_ARCHITECTURES=90 pip install --no-build-isolation --no-deps -e ."
     return
   fi
-  run_stage build 130 env REIDFAST_CUDA=1 CMAKE_CUDA_ARCHITECTURES=90 REIDFAST_CUDA_EMULATOR=0 \
+  run_stage build 120 env REIDFAST_CUDA=1 CMAKE_CUDA_ARCHITECTURES=90 REIDFAST_CUDA_EMULATOR=0 \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" pip install --no-build-isolation --no-deps -e .
 }
 
 stage_backends() {
-  run_stage backends 30 python -c "import json, reidfast
+  run_stage backends 25 python -c "import json, reidfast
 print(json.dumps({'backends': {n: {'available': i.available, 'devices': list(i.devices), 'reason': i.reason}
                   for n, i in reidfast.backends().items()}, 'build_info': reidfast.build_info()}, default=str))"
 }
 
-stage_test() {
+# The card's tests by marker, the CUDA kernels' first: Triton compiles every kernel variant and autotuning
+# config on a fresh machine, so its stage is the one most likely to run out of time. -v writes one line per
+# test as it ends (the JUnit XML only comes at the end).
+card_tests() {  # name, budget, marker expression
   if have_card; then
-    run_stage test 120 python -m pytest -q -m "cuda or triton" -p no:cacheprovider -rfE --junitxml="$OUT/test.xml" tests
-  else  # the selection only: proves the markers pick the card tests
-    run_stage test 120 python -m pytest -q -m "cuda or triton" -p no:cacheprovider --collect-only tests
+    run_stage "$1" "$2" python -m pytest -v --tb=short -m "$3" -p no:cacheprovider --junitxml="$OUT/$1.xml" tests
+  else  # the selection only: proves the markers pick the card's tests
+    run_stage "$1" "$2" python -m pytest -q -m "$3" -p no:cacheprovider --collect-only tests
   fi
+}
+stage_test() {
+  card_tests test-cuda 50 "cuda and not triton"
+  card_tests test-triton 90 "triton"
 }
 
 stage_bench() {
   if have_card; then
-    run_stage bench 110 python benchmarks/gpu_headline.py --out "$OUT/bench.json"
+    run_stage bench 100 python benchmarks/gpu_headline.py --out "$OUT/bench.json"
   else
-    run_stage bench 110 python benchmarks/gpu_headline.py --out "$OUT/bench.json" --dry-run
+    run_stage bench 100 python benchmarks/gpu_headline.py --out "$OUT/bench.json" --dry-run
   fi
 }
 
 stage_interop() {
-  run_stage interop 40 python benchmarks/gpu_interop.py --out "$OUT/interop.json"
+  run_stage interop 35 python benchmarks/gpu_interop.py --out "$OUT/interop.json"
 }
 
 sanitize() {  # tool, budget
@@ -147,7 +158,7 @@ stage_quick() {
   stage_test
   stage_bench
   stage_interop
-  sanitize memcheck 60
+  sanitize memcheck 55
   stage_optional_sanitizers
 }
 

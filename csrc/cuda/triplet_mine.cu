@@ -153,34 +153,15 @@ __global__ void __launch_bounds__(kReduceThreads)
   if (active) {
     for (int chunk = lane; chunk < num_chunks; chunk += kWarp) {
       const int64_t entry = anchor * num_chunks + chunk;
-      const AccT value_p = targets.partial_positive_value[entry];
-      const int column_p = targets.partial_positive_index[entry];
-      const AccT value_n = targets.partial_negative_value[entry];
-      const int column_n = targets.partial_negative_index[entry];
-      if (beats_largest(value_p, column_p, positive_value, positive_column)) {
-        positive_value = value_p;
-        positive_column = column_p;
-      }
-      if (beats_smallest(value_n, column_n, negative_value, negative_column)) {
-        negative_value = value_n;
-        negative_column = column_n;
-      }
+      keep_largest(targets.partial_positive_value[entry], targets.partial_positive_index[entry], positive_value,
+                   positive_column);
+      keep_smallest(targets.partial_negative_value[entry], targets.partial_negative_index[entry], negative_value,
+                    negative_column);
     }
   }
 #pragma unroll
   for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const AccT other_positive = __shfl_xor_sync(kFullMask, positive_value, offset);
-    const int other_positive_column = __shfl_xor_sync(kFullMask, positive_column, offset);
-    const AccT other_negative = __shfl_xor_sync(kFullMask, negative_value, offset);
-    const int other_negative_column = __shfl_xor_sync(kFullMask, negative_column, offset);
-    if (beats_largest(other_positive, other_positive_column, positive_value, positive_column)) {
-      positive_value = other_positive;
-      positive_column = other_positive_column;
-    }
-    if (beats_smallest(other_negative, other_negative_column, negative_value, negative_column)) {
-      negative_value = other_negative;
-      negative_column = other_negative_column;
-    }
+    exchange_pairs(offset, positive_value, positive_column, negative_value, negative_column);
   }
   if (active && lane == 0) {
     targets.dist_ap[anchor] = positive_column >= 0 ? positive_value : AccT(0);

@@ -76,6 +76,34 @@ __device__ __forceinline__ bool beats_smallest(AccT value, int index, AccT best,
   return index >= 0 && (best_index < 0 || value < best || (value == best && index < best_index));
 }
 
+// (best, best_index) becomes (value, index) where that beats it as a hardest positive / negative.
+template <typename AccT>
+__device__ __forceinline__ void keep_largest(AccT value, int index, AccT& best, int& best_index) {
+  if (beats_largest(value, index, best, best_index)) {
+    best = value;
+    best_index = index;
+  }
+}
+template <typename AccT>
+__device__ __forceinline__ void keep_smallest(AccT value, int index, AccT& best, int& best_index) {
+  if (beats_smallest(value, index, best, best_index)) {
+    best = value;
+    best_index = index;
+  }
+}
+
+// One butterfly step: every lane keeps the better of its pairs and those of the lane `offset` away.
+template <typename AccT>
+__device__ __forceinline__ void exchange_pairs(int offset, AccT& positive_value, int& positive_column,
+                                               AccT& negative_value, int& negative_column) {
+  const AccT other_positive = __shfl_xor_sync(kFullMask, positive_value, offset);
+  const int other_positive_column = __shfl_xor_sync(kFullMask, positive_column, offset);
+  const AccT other_negative = __shfl_xor_sync(kFullMask, negative_value, offset);
+  const int other_negative_column = __shfl_xor_sync(kFullMask, negative_column, offset);
+  keep_largest(other_positive, other_positive_column, positive_value, positive_column);
+  keep_smallest(other_negative, other_negative_column, negative_value, negative_column);
+}
+
 // ---- staging (distance.cu's fetch_slab / store_slab, for a slab of Config::kSlabDepth features) --------
 
 // The thread's staged element i is row first_row + tid / kSlabDepth + i * kRowStep of the slab's rows, feature
@@ -361,18 +389,8 @@ __device__ __forceinline__ void reduce_over_lanes(HardestPairs<Config, AccT>& pa
   for (int i = 0; i < Config::kEpiRows; ++i) {
 #pragma unroll
     for (int offset = Config::kThreadsPerRow / 2; offset > 0; offset /= 2) {
-      const AccT other_positive = __shfl_xor_sync(kFullMask, pairs.positive_value[i], offset);
-      const int other_positive_column = __shfl_xor_sync(kFullMask, pairs.positive_column[i], offset);
-      const AccT other_negative = __shfl_xor_sync(kFullMask, pairs.negative_value[i], offset);
-      const int other_negative_column = __shfl_xor_sync(kFullMask, pairs.negative_column[i], offset);
-      if (beats_largest(other_positive, other_positive_column, pairs.positive_value[i], pairs.positive_column[i])) {
-        pairs.positive_value[i] = other_positive;
-        pairs.positive_column[i] = other_positive_column;
-      }
-      if (beats_smallest(other_negative, other_negative_column, pairs.negative_value[i], pairs.negative_column[i])) {
-        pairs.negative_value[i] = other_negative;
-        pairs.negative_column[i] = other_negative_column;
-      }
+      exchange_pairs(offset, pairs.positive_value[i], pairs.positive_column[i], pairs.negative_value[i],
+                     pairs.negative_column[i]);
     }
   }
 }
