@@ -119,8 +119,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<AccT>)
   start_pairs<Config>(anchor_labels, anchor_index, row0 + layout.epi_row0, num_anchors, num_candidates, pairs);
   for (int tile = first_tile; tile < end_tile; ++tile) {
     const int col0 = tile * T;
-    // Published before the first barrier of multiply_tiles; read only after the last one of this tile.
     const int tid = threadIdx.x;
+    // Published before the first barrier of multiply_tiles; read only after the last one of this tile.
     if (tid < T) tile_labels[tid] = col0 + tid < num_candidates ? candidate_labels[col0 + tid] : 0;
     const int64_t candidate_row = col0 + layout.stage_row;
     const SlabRows<InT> candidate_rows{candidates + candidate_row * candidate_row_stride,
