@@ -191,6 +191,13 @@ def test_every_tuning_config_fits_sm90_without_spills():
     assert not misfits, "\n".join(json.dumps(m) for m in misfits)
 
 
+def test_fits_rejects_spills_local_arrays_and_oversized_shared_memory():
+    good = dict(registers=255, stack=0, local=0, shared=MAX_SHARED_PER_BLOCK)
+    assert fits(good)
+    for wrong in (dict(stack=8), dict(local=4), dict(shared=MAX_SHARED_PER_BLOCK + 1)):
+        assert not fits(dict(good, **wrong)), wrong
+
+
 def resource_table(measured: list[dict]) -> str:
     lines = ["| kernel | K_PAD | blocks | warps, stages | fp32 regs / stack | tf32 regs / stack | fp16 regs / stack "
              "| shared (B, fp16) | kept |", "|---|---|---|---|---|---|---|---|---|"]

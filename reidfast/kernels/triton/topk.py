@@ -309,16 +309,17 @@ def _fp64_blocks(k_pad: int) -> dict:
     return dict(BLOCK_N=16, BLOCK_M=block_m, BLOCK_D=max(1, 4096 // (16 * block_m)), num_warps=4)
 
 
-# Candidate configs (BLOCK_N, BLOCK_M, BLOCK_D, warps, stages) and the dot paths (common.dot_path) on which
-# they compile for sm_90 without spills or local memory at every K_PAD they serve (tests/test_triton_compile.py;
-# benchmarks/RESULTS.md "Triton kernel resources"). Dropped for spilling: (32, 64, 32; 4 warps) and
-# (128, 64, 32; 8 warps) on both paths (TF32 at K_PAD 16 and 64); the FMA path (float32, IEEE) spills with
-# BLOCK_M = 128 at 64 rows and with BLOCK_D = 64.
+# Candidate configs (BLOCK_N, BLOCK_M, BLOCK_D, warps, stages), the dot paths (common.dot_path) on which they
+# compile for sm_90 without spills or local memory, and the largest K_PAD they do so at (BLOCK_M grows to
+# K_PAD; tests/test_triton_compile.py, benchmarks/RESULTS.md "Triton kernel resources"). Dropped for
+# spilling: (32, 64, 32; 4 warps) and (128, 64, 32; 8 warps) (TF32 at K_PAD 16 and 64); 64 rows at
+# K_PAD 128 (TF32 and FMA); on the FMA path (float32 at IEEE precision) BLOCK_M = 128 at 64 rows, and
+# BLOCK_D = 64.
 _CANDIDATES = (
-    (64, 64, 32, 8, 3, ("mma", "fma")),
-    (64, 128, 32, 8, 3, ("mma",)),
-    (32, 128, 32, 8, 3, ("mma", "fma")),
-    (64, 64, 64, 8, 2, ("mma",)),
+    (64, 64, 32, 8, 3, ("mma", "fma"), 64),
+    (64, 128, 32, 8, 3, ("mma",), 64),
+    (32, 128, 32, 8, 3, ("mma", "fma"), MAX_K),
+    (64, 64, 64, 8, 2, ("mma",), 64),
 )
 
 
@@ -326,9 +327,9 @@ def configs_by_path(k_pad: int) -> dict[str, list]:
     """The tuning space of one K_PAD per dot path (BLOCK_M >= K_PAD, the per-program keys bounded)."""
     by_path: dict[str, list] = {"mma": [], "fma": []}
     seen: dict[tuple, triton.Config] = {}
-    for block_n, block_m, block_d, warps, stages, paths in _CANDIDATES:
+    for block_n, block_m, block_d, warps, stages, paths, max_k_pad in _CANDIDATES:
         block_m = max(block_m, k_pad)
-        if block_n * (block_m + k_pad) > 16384:  # int64 keys held per program
+        if k_pad > max_k_pad or block_n * (block_m + k_pad) > 16384:  # int64 keys held per program
             continue
         shape = (block_n, block_m, block_d, warps, stages)
         config = seen.setdefault(shape, triton.Config({"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_D": block_d},
