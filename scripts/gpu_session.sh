@@ -22,7 +22,7 @@
 #                    machine compiles every kernel variant and autotuning config: ~1-2 s each)
 #   bench       100  benchmarks/gpu_headline.py: distance vs torch.mm / torch.cdist at 16384^2 x 2048 (fp32,
 #                    TF32, fp16), top-k vs distance + torch.topk, triplet fwd+bwd B 512-8192 x 2048 vs the torch
-#                    formula and pytorch-metric-learning, re-ranking and evaluation at Market scale.  expect ~80
+#                    formula and pytorch-metric-learning, evaluation and re-ranking at Market scale.  expect ~80
 #                    (distance: 3 precisions x 5 providers x 6 runs x ~20-50 ms; Triton autotuning ~20 s; the
 #                    Market re-ranking reference on the host CPU ~20 s)
 #   interop      35  benchmarks/gpu_interop.py: cupy round trip, AMP, 2-process NCCL DDP (skips with 1 GPU).
