@@ -111,8 +111,10 @@ print(json.dumps({'backends': {n: {'available': i.available, 'devices': list(i.d
 card_tests() {  # name, budget, marker expression
   if have_card; then
     run_stage "$1" "$2" python -m pytest -v --tb=short -m "$3" -p no:cacheprovider --junitxml="$OUT/$1.xml" tests
-  else  # the selection only: proves the markers pick the card's tests
-    run_stage "$1" "$2" python -m pytest -q -m "$3" -p no:cacheprovider --collect-only tests
+  else  # the selection only (pytest's exit 5, "none selected", is expected without a card: no `cuda` cases)
+    # shellcheck disable=SC2016  # $1 and $code belong to the inner shell
+    run_stage "$1" "$2" bash -c 'python -m pytest -q -m "$1" -p no:cacheprovider --collect-only tests; code=$?
+      [ "$code" -eq 5 ] && echo "none selected without a card" && exit 0; exit "$code"' _ "$3"
   fi
 }
 stage_test() {
