@@ -30,9 +30,10 @@ def backends_for(device: str, implemented: tuple[str, ...] = ("cuda", "triton", 
 
 
 def _backend_marks(device: str, backend: str) -> list:
+    on_card = [pytest.mark.cuda] if device == "cuda" else []  # `-m cuda` selects the card's cases
     if backend == "triton":
-        return [pytest.mark.triton]
-    return [pytest.mark.cuda_emulator] if (device, backend) == ("cpu", "cuda") else []
+        return on_card + [pytest.mark.triton]
+    return on_card + ([pytest.mark.cuda_emulator] if (device, backend) == ("cpu", "cuda") else [])
 
 
 def device_backend_params(implemented: tuple[str, ...] = ("cuda", "triton", "cpu")) -> list:

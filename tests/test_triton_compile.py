@@ -3,9 +3,11 @@
 accepts constructs the compiler rejects. Also: their autotuning keys name real arguments, and are bucketed."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,14 +58,166 @@ def test_forward_kernels_compile_for_sm90_without_a_card():
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
 
 
+def test_each_call_tunes_over_its_dot_paths_configs():
+    float32, float16 = torch.empty(1, 1), torch.empty(1, 1, dtype=torch.float16)
+    for tuned, input_name, by_path in ((triplet._batch_hard_mine_tuned, "anchors_ptr", triplet.MINE_CONFIGS_BY_PATH),
+                                       (topk._tuned_kernel(16), "x_ptr", topk.configs_by_path(16))):
+        prune = tuned.early_config_prune
+        for inputs, precision, path in ((float32, "ieee", "fma"), (float32, "tf32", "mma"), (float16, "ieee", "mma")):
+            kept = prune(tuned.configs, {input_name: inputs}, INPUT_PRECISION=precision)
+            assert [str(c) for c in kept] == [str(c) for c in by_path[path]], (input_name, precision)
+        assert by_path["fma"] != by_path["mma"]
+
+
 def test_tuning_bucket_is_the_next_power_of_two():
     assert [common.tuning_bucket(n) for n in (0, 1, 2, 3, 16, 17, 256, 257, 4096)] == [1, 1, 2, 4, 16, 32, 256, 512, 4096]
 
 
 def test_autotuning_keys_are_bucketed_arguments():
     """A new batch or gallery size must not re-benchmark every config: the keys are the tune_* arguments
-    (tuning buckets), which the launchers pass, not the exact sizes."""
-    for tuned, keys in ((topk._tuned_kernel(16), ["tune_n", "tune_m", "tune_dim"]),
-                        (triplet._batch_hard_mine_tuned, ["tune_anchors", "tune_candidates", "tune_dim"])):
+    (tuning buckets), which the launchers pass, not the exact sizes; and the input precision, which picks the
+    dot path's configs (float32 at TF32 and at IEEE precision must not share a tuned config)."""
+    for tuned, keys in ((topk._tuned_kernel(16), ["tune_n", "tune_m", "tune_dim", "INPUT_PRECISION"]),
+                        (triplet._batch_hard_mine_tuned,
+                         ["tune_anchors", "tune_candidates", "tune_dim", "INPUT_PRECISION"])):
         assert list(tuned.keys) == keys
         assert set(keys) <= set(tuned.arg_names)
+
+
+# ---- resources of the autotuning space, compiled for sm_90 ---------------------------------------------------
+# Every config the autotuners may pick is compiled for sm_90 (no card needed) and its cubin read back with
+# cuobjdump: registers, stack and local memory (spills), and Triton's shared-memory need. A config that spills
+# or cannot launch (over 227 KiB of shared memory per block) does not belong in the tuning space.
+# `python tests/test_triton_compile.py` prints the table of benchmarks/RESULTS.md ("Triton kernel resources").
+
+MAX_SHARED_PER_BLOCK = 227 * 1024  # sm_90, opted in
+# The inputs each dot path (common.dot_path) compiles for; bfloat16 takes float16's path and registers.
+PATH_PRECISIONS = {"fma": (("fp32", "ieee"),), "mma": (("fp32", "tf32"), ("fp16", "ieee"))}
+RESOURCE_PRECISIONS = PATH_PRECISIONS["fma"] + PATH_PRECISIONS["mma"]
+TOPK_K_PADS = (16, 32, 64, 128)  # topk.MAX_K = 128; K_PAD < 16 keeps fewer keys in the same blocks as 16
+
+_RESOURCE_SCRIPT = r"""
+import json, os, re, subprocess, sys, tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+def measure(job):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from reidfast.kernels.triton import topk, triplet
+    ints = lambda *names: {name: "i32" for name in names}
+    dtype, precision = job["dtype"], job["precision"]
+    common = dict(METRIC=0, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False, **job["blocks"])
+    if job["kernel"] == "topk":
+        kernel = topk._topk_distance_kernel
+        signature = {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, "values_ptr": "*fp32", "indices_ptr": "*i64",
+                     **ints("n", "m", "dim", "k", "x_row_stride", "y_row_stride", "tune_n", "tune_m", "tune_dim")}
+        constants = dict(common, SAME_INPUT=False, EXCLUDE_SELF=False, SWAP_BY_PERMUTE=False, K_PAD=job["k_pad"])
+    else:
+        kernel = triplet._batch_hard_mine_kernel
+        signature = {"anchors_ptr": "*" + dtype, "candidates_ptr": "*" + dtype, "anchor_labels_ptr": "*i64",
+                     "candidate_labels_ptr": "*i64", "anchor_index_ptr": "*i64", "dist_ap_ptr": "*fp32",
+                     "dist_an_ptr": "*fp32", "positive_index_ptr": "*i64", "negative_index_ptr": "*i64",
+                     **ints("num_anchors", "num_candidates", "dim", "anchor_row_stride", "candidate_row_stride",
+                            "tune_anchors", "tune_candidates", "tune_dim")}
+        constants = dict(common, SAME_INPUT=False)
+    signature = dict(signature, **{name: "constexpr" for name in constants})
+    compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=job["num_warps"], num_stages=job["num_stages"]))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([sys.argv[1], "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    registers, stack, local = map(int, re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage).groups())
+    return dict(job, registers=registers, stack=stack, local=local, shared=compiled.metadata.shared)
+
+with ProcessPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+    for result in pool.map(measure, json.loads(sys.argv[2])):
+        print(json.dumps(result), flush=True)
+"""
+
+
+def _config_jobs(kernel: str, configs_by_path: dict, k_pad: int = 0) -> list[dict]:
+    return [dict(kernel=kernel, k_pad=k_pad, blocks=dict(config.kwargs), num_warps=config.num_warps,
+                 num_stages=config.num_stages, dtype=dtype, precision=precision)
+            for path, configs in configs_by_path.items() for config in configs
+            for dtype, precision in PATH_PRECISIONS[path]]
+
+
+def tuning_space_jobs() -> list[dict]:
+    """Every (config, input precision) the autotuners may compile: mining, and top-k at each K_PAD, each
+    config on the dot path(s) it serves."""
+    jobs = _config_jobs("mine", triplet.MINE_CONFIGS_BY_PATH)
+    for k_pad in TOPK_K_PADS:
+        jobs += _config_jobs("topk", topk.configs_by_path(k_pad), k_pad)
+    return jobs
+
+
+def measure_resources(jobs: list[dict], cuobjdump: str, progress=None) -> list[dict]:
+    """Compiles the jobs in a process without TRITON_INTERPRET; `progress` gets each result as it comes."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    measured = []
+    with subprocess.Popen([sys.executable, "-c", _RESOURCE_SCRIPT, cuobjdump, json.dumps(jobs)], env=environment,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).resolve().parents[1]) as process:
+        for line in process.stdout:
+            if line.startswith("{"):
+                measured.append(json.loads(line))
+                if progress is not None:
+                    progress(measured[-1])
+        errors = process.stderr.read()
+    assert process.returncode == 0, errors[-3000:]
+    return measured
+
+
+def fits(measured: dict) -> bool:
+    """No spills or local arrays, and launchable: shared memory within a block's limit."""
+    return measured["stack"] == 0 and measured["local"] == 0 and measured["shared"] <= MAX_SHARED_PER_BLOCK
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a card the autotuner's own runs show the resources")
+def test_every_tuning_config_fits_sm90_without_spills():
+    pytest.importorskip("triton.backends.nvidia")
+    from test_cuda_resources import find_cuobjdump
+
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip("no cuobjdump (PATH, or triton's backends/nvidia/bin)")
+    measured = measure_resources(tuning_space_jobs(), cuobjdump)
+    assert len(measured) == len(tuning_space_jobs())
+    misfits = [m for m in measured if not fits(m)]
+    assert not misfits, "\n".join(json.dumps(m) for m in misfits)
+
+
+def test_fits_rejects_spills_local_arrays_and_oversized_shared_memory():
+    good = dict(registers=255, stack=0, local=0, shared=MAX_SHARED_PER_BLOCK)
+    assert fits(good)
+    for wrong in (dict(stack=8), dict(local=4), dict(shared=MAX_SHARED_PER_BLOCK + 1)):
+        assert not fits(dict(good, **wrong)), wrong
+
+
+def resource_table(measured: list[dict]) -> str:
+    lines = ["| kernel | K_PAD | blocks | warps, stages | fp32 regs / stack | tf32 regs / stack | fp16 regs / stack "
+             "| shared (B, fp16) | kept |", "|---|---|---|---|---|---|---|---|---|"]
+    rows: dict = {}
+    for m in measured:
+        key = (m["kernel"], m["k_pad"], tuple(m["blocks"].values()), m["num_warps"], m["num_stages"])
+        rows.setdefault(key, {})[(m["dtype"], m["precision"])] = m
+    for (kernel, k_pad, blocks, warps, stages), by_precision in rows.items():
+        cells = [f"{by_precision[p]['registers']} / {by_precision[p]['stack']}" if p in by_precision else "-"
+                 for p in RESOURCE_PRECISIONS]
+        fp16 = by_precision.get(("fp16", "ieee"), {})
+        kept = "yes" if all(fits(m) for m in by_precision.values()) else "dropped"
+        lines.append(f"| {kernel} | {k_pad or '-'} | {' x '.join(map(str, blocks))} | {warps}, {stages} | "
+                     f"{' | '.join(cells)} | {fp16.get('shared', '-')} | {kept} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_cuda_resources import find_cuobjdump
+
+    print(resource_table(measure_resources(tuning_space_jobs(), find_cuobjdump(),
+                                           progress=lambda m: print(json.dumps(m), file=sys.stderr, flush=True))))

@@ -59,10 +59,17 @@ using namespace device;  // NOLINT: the shared arithmetic of device_math.cuh
 
 using namespace tile64;  // NOLINT: the shared 64 x 64 tile product
 
+// Resident blocks per SM the register budget is sized for: 3 (<= 85 registers) for float accumulation, 1 for
+// float64. Without the minimum ptxas capped the float kernel at 80 registers on sm_80 anyway and spilled 12
+// bytes to the stack; with (256, 3) it fits the same 80 without spilling, and float64 takes ~140 (see
+// tests/test_cuda_resources.py).
+template <typename AccT>
+constexpr int kDistanceBlocksPerSM = sizeof(AccT) == 4 ? 3 : 1;
+
 // out[i][j] = metric(x[i], y[j]) for a kTileRows x kTileCols tile per block; a 1-D grid of
 // row_tiles * col_tiles blocks, tile (blockIdx.x / col_tiles, blockIdx.x % col_tiles).
 template <typename InT, typename AccT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kDistanceBlocksPerSM<AccT>)
     pairwise_distance_kernel(const InT* __restrict__ x, const InT* __restrict__ y, AccT* __restrict__ out,
                              int64_t x_rows, int64_t y_rows, int64_t features, int64_t x_row_stride,
                              int64_t y_row_stride, int col_tiles, Metric metric) {

@@ -252,11 +252,18 @@ constexpr int64_t merge_shared_bytes(int64_t k) {
   return kMergeRowsPerBlock * (kPending + k + 1) * static_cast<int64_t>(sizeof(Entry));
 }
 
+// Resident blocks per SM the scan kernel's registers are sized for: 2 (<= 128 registers) for float
+// accumulation, 1 for float64 (~210: 128-bit entries). Without a minimum, ptxas on sm_90 capped the kernel at
+// 128 registers itself and spilled 8 (float) to 64 (float64) bytes; with it neither spills
+// (tests/test_cuda_resources.py).
+template <typename AccT>
+constexpr int kScanBlocksPerSM = sizeof(AccT) == 4 ? 2 : 1;
+
 // Block (blockIdx.x, blockIdx.y) = (row tile, chunk): the top k of rows [row0, row0 + 64) of x among the
 // columns of tiles [chunk * tiles_per_chunk, ...) of y. Writes the sorted list of (row, chunk) to
 // lists + (row * gridDim.y + chunk) * k, and with a single chunk also the outputs values/indices (N, k).
 template <typename InT, typename AccT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kScanBlocksPerSM<AccT>)
     topk_scan_kernel(const InT* __restrict__ x, const InT* __restrict__ y, int64_t x_rows, int64_t y_rows,
                      int64_t features, int64_t x_row_stride, int64_t y_row_stride, int k, int tiles_per_chunk,
                      int col_tiles, Metric metric, bool exclude_self, typename Ranked<AccT>::Entry* lists,

@@ -28,3 +28,20 @@ def check_features(name: str, features: torch.Tensor) -> None:
     """A launcher's (rows, D) input: reidfast._arrays.check_features with the kernels' contract (any number of
     rows, unit inner stride, any row stride; non-finite values are the op layer's business)."""
     _arrays.check_features(features, name, allow_empty=True, unit_inner_stride=True)
+
+
+def dot_path(input_dtype: torch.dtype, input_precision: str) -> str:
+    """How tl.dot multiplies on the card: "fma" for float32 at IEEE precision (SIMT FMAs: large register
+    tiles), else "mma" (tensor cores: TF32, float16, bfloat16). Their register needs differ, so do their
+    spill-free autotuning configs."""
+    return "fma" if input_dtype == torch.float32 and input_precision == "ieee" else "mma"
+
+
+def prune_by_dot_path(configs_by_path: dict[str, list], input_name: str):
+    """An autotune `early_config_prune` that keeps the configs of the call's dot path (configs_by_path holds
+    the same Config objects the autotuner got): those measured for sm_90 without spills in
+    tests/test_triton_compile.py. The autotuning key must include INPUT_PRECISION."""
+    def prune(configs, named_args, **kwargs):
+        keep = configs_by_path[dot_path(named_args[input_name].dtype, kwargs["INPUT_PRECISION"])]
+        return [config for config in configs if any(config is kept for kept in keep)]
+    return prune

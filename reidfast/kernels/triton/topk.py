@@ -45,7 +45,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction, constexpr_function
 
 from ..._native import METRIC_CODES
-from .common import check_features, correctly_rounded_sqrt, same_rows, tuning_bucket
+from .common import check_features, correctly_rounded_sqrt, prune_by_dot_path, same_rows, tuning_bucket
 
 MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
 _INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # triton.jit reads only constexpr globals
@@ -309,25 +309,47 @@ def _fp64_blocks(k_pad: int) -> dict:
     return dict(BLOCK_N=16, BLOCK_M=block_m, BLOCK_D=max(1, 4096 // (16 * block_m)), num_warps=4)
 
 
+# Candidate configs (BLOCK_N, BLOCK_M, BLOCK_D, warps, stages), the dot paths (common.dot_path) on which they
+# compile for sm_90 without spills or local memory, and the largest K_PAD they do so at (BLOCK_M grows to
+# K_PAD; tests/test_triton_compile.py, benchmarks/RESULTS.md "Triton kernel resources"). Dropped for
+# spilling: (32, 64, 32; 4 warps) and (128, 64, 32; 8 warps) (TF32 at K_PAD 16 and 64); 64 rows at
+# K_PAD 128 (TF32 and FMA); on the FMA path (float32 at IEEE precision) BLOCK_M = 128 at 64 rows, and
+# BLOCK_D = 64.
+_CANDIDATES = (
+    (64, 64, 32, 8, 3, ("mma", "fma"), 64),
+    (64, 128, 32, 8, 3, ("mma",), 64),
+    (32, 128, 32, 8, 3, ("mma", "fma"), MAX_K),
+    (64, 64, 64, 8, 2, ("mma",), 64),
+)
+
+
+def configs_by_path(k_pad: int) -> dict[str, list]:
+    """The tuning space of one K_PAD per dot path (BLOCK_M >= K_PAD, the per-program keys bounded)."""
+    by_path: dict[str, list] = {"mma": [], "fma": []}
+    seen: dict[tuple, triton.Config] = {}
+    for block_n, block_m, block_d, warps, stages, paths, max_k_pad in _CANDIDATES:
+        block_m = max(block_m, k_pad)
+        if k_pad > max_k_pad or block_n * (block_m + k_pad) > 16384:  # int64 keys held per program
+            continue
+        shape = (block_n, block_m, block_d, warps, stages)
+        config = seen.setdefault(shape, triton.Config({"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_D": block_d},
+                                                      num_warps=warps, num_stages=stages))
+        for path in paths:
+            if all(config is not other for other in by_path[path]):
+                by_path[path].append(config)
+    return by_path
+
+
 def _tuned_kernel(k_pad: int):
-    """The autotuned kernel for one K_PAD (configs keep BLOCK_M >= K_PAD and the per-program keys bounded)."""
+    """The autotuned kernel for one K_PAD: each call tunes over its dot path's configs (configs_by_path)."""
     if k_pad not in _TUNED:
-        configs = []
-        # (ptxas for sm_90, no device needed: none spills for K_PAD <= 16 but (32, 64, 4 warps) with 8-16
-        # bytes; at K_PAD = 128 (64, 128, 32, 8 warps) and (32, 128, 32, 8 warps) do not spill, the others do)
-        for block_n, block_m, block_d, warps, stages in (
-            (32, 64, 32, 4, 3), (64, 64, 32, 8, 3), (64, 128, 32, 8, 3),
-            (128, 64, 32, 8, 3), (32, 128, 32, 8, 3), (64, 64, 64, 8, 2),
-        ):
-            block_m = max(block_m, k_pad)
-            if block_n * (block_m + k_pad) > 16384:  # int64 keys held per program
-                continue
-            config = triton.Config({"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_D": block_d},
-                                   num_warps=warps, num_stages=stages)
-            if all((config.kwargs, config.num_warps) != (other.kwargs, other.num_warps) for other in configs):
-                configs.append(config)
-        # the autotuner adds the argument dtypes to the key itself; K_PAD is this kernel's
-        _TUNED[k_pad] = triton.autotune(configs=configs, key=["tune_n", "tune_m", "tune_dim"])(_topk_distance_kernel)
+        by_path = configs_by_path(k_pad)
+        configs = list({id(config): config for path in by_path.values() for config in path}.values())
+        # the autotuner adds the argument dtypes to the key itself; K_PAD is this kernel's; INPUT_PRECISION
+        # picks the dot path
+        _TUNED[k_pad] = triton.autotune(configs=configs, key=["tune_n", "tune_m", "tune_dim", "INPUT_PRECISION"],
+                                        prune_configs_by={"early_config_prune": prune_by_dot_path(by_path, "x_ptr")},
+                                        )(_topk_distance_kernel)
     return _TUNED[k_pad]
 
 

@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
-from .common import check_features, correctly_rounded_sqrt, same_rows, tuning_bucket
+from .common import check_features, correctly_rounded_sqrt, prune_by_dot_path, same_rows, tuning_bucket
 
 
 
@@ -131,17 +131,27 @@ _INTERPRETER_BLOCKS = dict(BLOCK_B=16, BLOCK_C=16, BLOCK_D=16)
 # float64 has no tensor-core dot: a (BLOCK_B, BLOCK_C, BLOCK_D) broadcast product must stay small.
 _FP64_BLOCKS = dict(BLOCK_B=16, BLOCK_C=16, BLOCK_D=16, num_warps=4)
 
+def _config(block_b: int, block_c: int, block_d: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_B": block_b, "BLOCK_C": block_c, "BLOCK_D": block_d}, num_warps=warps,
+                         num_stages=stages)
+
+
+# Autotuning configs per dot path (common.dot_path), each compiled for sm_90 without spills or local memory
+# (tests/test_triton_compile.py; benchmarks/RESULTS.md "Triton kernel resources"). Dropped for spilling
+# (B, C, D; warps, stages): (64, 128, 32; 4, 3), (128, 128, 32; 8, 3) and (64, 64, 64; 4, 2) on both paths;
+# (32, 64, 32; 4, 3), (64, 64, 32; 4, 3), (128, 64, 32; 8, 3) and (64, 128, 32; 8, 3) on the FMA path, whose
+# float32 products need 8 warps for the same tiles.
+_MINE_MMA_CONFIGS = [_config(32, 64, 32, 4, 3), _config(64, 64, 32, 4, 3), _config(128, 64, 32, 8, 3),
+                     _config(64, 128, 32, 8, 3)]
+_MINE_FMA_CONFIGS = [_config(32, 64, 32, 8, 3), _config(64, 64, 32, 8, 3)]
+MINE_CONFIGS_BY_PATH = {"mma": _MINE_MMA_CONFIGS, "fma": _MINE_FMA_CONFIGS}
+
 # Built everywhere (its key is checked in tests), launched only when compiled.
 _batch_hard_mine_tuned = triton.autotune(
-    configs=[
-        triton.Config({"BLOCK_B": 32, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_B": 64, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_B": 64, "BLOCK_C": 128, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_B": 128, "BLOCK_C": 64, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_B": 128, "BLOCK_C": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_B": 64, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=2),
-    ],
-    key=["tune_anchors", "tune_candidates", "tune_dim"],  # the autotuner adds the argument dtypes itself
+    configs=_MINE_MMA_CONFIGS + _MINE_FMA_CONFIGS,
+    # the autotuner adds the argument dtypes itself; INPUT_PRECISION picks the dot path's configs
+    key=["tune_anchors", "tune_candidates", "tune_dim", "INPUT_PRECISION"],
+    prune_configs_by={"early_config_prune": prune_by_dot_path(MINE_CONFIGS_BY_PATH, "anchors_ptr")},
 )(_batch_hard_mine_kernel)
 
 
