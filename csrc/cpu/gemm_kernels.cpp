@@ -57,24 +57,23 @@ struct CacheBlocking {
   int64_t depth_chunk;
 };
 
-// A level's data cache size in bytes from the OS (glibc's sysconf on Linux), else `fallback`.
-int64_t data_cache_bytes(int level, int64_t fallback) {
-#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
-  const long bytes = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
-  if (bytes >= 4096) return static_cast<int64_t>(bytes);
-#else
-  (void)level;
+// The L2 cache size in bytes from the OS (glibc's sysconf on Linux), else `fallback`.
+int64_t l2_cache_bytes(int64_t fallback) {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (bytes >= 65536) return static_cast<int64_t>(bytes);
 #endif
   return fallback;
 }
 
-// Half the L2 for the y block (the rest: the x tiles, partial sums, the epilogue's state) and a third of the
-// L1 for the A tile's depth chunk. On Zen 5 (48 KiB L1d, 1 MiB L2) that is the 512 KiB and 512 steps tuned
-// there before; on Zen 3 (32 KiB, 512 KiB) 256 KiB and 448 steps for AVX2, where 128 KiB - 1 MiB blocks and
-// 256 - 1024-step chunks measured within 4% of each other (B = 256, D = 2048 and B = 4096, D = 256).
-CacheBlocking cache_blocking(const IsaKernels& isa) {
-  static const int64_t l1 = data_cache_bytes(1, int64_t{48} << 10), l2 = data_cache_bytes(2, int64_t{1} << 20);
-  return CacheBlocking{l2 / 2, std::max<int64_t>(64, l1 / 3 / (int64_t{4} * isa.mr) / 64 * 64)};
+// The y block: the whole L2 up to 512 KiB, and 512-step depth chunks (an A tile chunk of 12 KiB for AVX2,
+// 16 KiB for AVX-512). Tuned on a 2-core Zen 5 (1 MiB L2: 384-768 KiB blocks measured alike); on a Zen 3 (32 KiB
+// L1d, 512 KiB L2) 128 KiB - 1 MiB blocks and 256 - 1024-step chunks measured within 4% for the B = 256,
+// D = 2048 and B = 4096, D = 256 minings, and half the L2 with 448-step chunks was no faster for 2048 x 2048 x
+// 2048 distances (within the ~5% noise of a loaded machine). A CPU with a smaller L2 gets its L2 size.
+CacheBlocking cache_blocking(const IsaKernels&) {
+  static const int64_t l2 = l2_cache_bytes(int64_t{512} << 10);
+  return CacheBlocking{std::min<int64_t>(l2, int64_t{512} << 10), 512};
 }
 
 bool cpu_has_avx512() {
