@@ -2,8 +2,8 @@
 
 Each benchmark records in `benchmark.extra_info`: op, provider, device (GPU name; CPU model, instruction set
 and cores), shape, peak_memory_bytes, and for the CPU the product path of each "cpu" provider (cpu_path) and
-the fused paths this CPU has (cpu_paths_available). `python benchmarks/report.py RESULTS.json` turns a `--benchmark-json` file into
-ratio tables against the reference measured in the same run.
+the fused paths this CPU has (cpu_paths_available). `python benchmarks/report.py RESULTS.json` turns a
+`--benchmark-json` file into ratio tables against the reference measured in the same run.
 """
 from __future__ import annotations
 

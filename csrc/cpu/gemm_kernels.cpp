@@ -7,14 +7,15 @@
 //   threads, then one barrier
 //     each thread, for its own range of MR-row tiles of x, in passes of kPackedXBytes / threads:
 //       pack the pass's tiles (its own buffer, no barrier)
-//       for each block of y panels that stays in L2 (kL2BlockBytes) in its column part, for each tile of
-//       the pass:
+//       for each block of y panels that stays in L2 (cache_blocking) in its column part, for each tile of
+//       the pass (symmetric mining: only the columns from the tile's diagonal block on):
 //         for each depth chunk (one unless D > 512), for each panel: the micro-kernel (the tile's depth
 //         chunk stays in L1), and after the last chunk the epilogue on the MR x NR tile of dot products
 // Column parts (plan_split): one unless there are fewer tiles than threads; then the threads of a tile
 // each take a share of every super-block, with their own top-k / mining state, merged at the end.
-// Within a part, every row sees its columns in increasing order, which the top-k and mining tie rules rely
-// on. Memory: the packed blocks, the norms, and the per-row state of the consumer (top-k reservoir:
+// Within a part, every row sees its columns in increasing order, which the top-k tie rule relies on (the
+// mining's rule does not depend on the order, which lets the symmetric mining mirror its updates).
+// Memory: the packed blocks, the norms, and the per-row state of the consumer (top-k reservoir:
 // O(N * k * parts)).
 #include "gemm_kernels.h"
 
@@ -46,7 +47,7 @@ using gemm::IsaKernels;
 using gemm::Strip;
 
 // Packed y rows shared by the threads (a super-block) and the packed x tiles of one pass (all threads), in
-// bytes; the L1 and L2 shares below come from the running CPU's caches (cache_blocking).
+// bytes; the L2 share comes from the running CPU's cache size (cache_blocking).
 constexpr int64_t kPackedYBytes = int64_t{32} << 20;
 constexpr int64_t kPackedXBytes = int64_t{16} << 20;
 
@@ -343,11 +344,12 @@ std::vector<int64_t> tile_bounds(int64_t tiles, int64_t groups, int64_t cols, in
 
 // Runs `process(strip, slot)` for every (A tile, block of y rows) pair, in the loop order described at the
 // top, then `finish(first_row, end_row)` once per thread for a range of rows (after a barrier when the
-// columns are split or the product symmetric, so that every part of those rows is complete). Each thread owns a fixed range of tiles
-// and a fixed share of every super-block's panels, so the only barriers are after packing each super-block
-// of y (one for most calls): on a machine shared with other work, a barrier waits for the slowest, possibly
-// descheduled, thread (measured: with a barrier per L2 block, B = 256 / D = 2048 mining steps varied 2x
-// under load). Within one part, every row sees its columns in increasing order.
+// columns are split or the product symmetric, so that every part of those rows is complete). Each thread owns
+// a fixed range of tiles and a fixed share of every super-block's panels, so the only barriers are after
+// packing each super-block of y (one for most calls) and that one: on a machine shared with other work, a
+// barrier waits for the slowest, possibly descheduled, thread (measured: with a barrier per L2 block,
+// B = 256 / D = 2048 mining steps varied 2x under load). Within one part, every row sees its columns in
+// increasing order.
 template <class Process, class Finish>
 void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool same_input, Metric metric,
                     const WorkSplit& split, const Process& process, const Finish& finish) {
