@@ -1,14 +1,16 @@
 """Benchmark fixtures: providers per device, and one-shot peak-memory measurement.
 
-Each benchmark records in `benchmark.extra_info`: op, provider, device (with GPU name), shape and
-peak_memory_bytes. `python benchmarks/report.py RESULTS.json` turns a `--benchmark-json` file into
-ratio tables against the reference measured in the same run.
+Each benchmark records in `benchmark.extra_info`: op, provider, device (GPU name; CPU model, instruction set
+and cores), shape, peak_memory_bytes, and for the CPU the product path of each "cpu" provider (cpu_path) and
+the fused paths this CPU has (cpu_paths_available). `python benchmarks/report.py RESULTS.json` turns a
+`--benchmark-json` file into ratio tables against the reference measured in the same run.
 """
 from __future__ import annotations
 
 import gc
 import math
 import os
+import platform
 import threading
 import time
 from typing import Callable
@@ -17,14 +19,45 @@ import pytest
 import torch
 
 import reidfast
+from reidfast.ops.distance import CPU_GEMM_ENV, fused_cpu_kernels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def cpu_model_and_isa() -> tuple[str, str]:
+    """The CPU's model name and widest vector instruction set ("AVX-512", "AVX2", "no AVX2"), from
+    /proc/cpuinfo where there is one."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2" if flags else "unknown ISA"
+    return model, isa
 
 
 def device_label(device: str) -> str:
     if device == "cuda":
         return f"cuda ({torch.cuda.get_device_name()})"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    model, isa = cpu_model_and_isa()
+    return f"cpu ({model}, {isa}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def cpu_path(provider: str) -> str | None:
+    """The CPU backend's product path a provider runs: "cpu[PATH]" forces one; "cpu" takes REIDFAST_CPU_GEMM
+    (default auto: the widest fused kernel, else blas); None for other providers."""
+    if provider.startswith("cpu["):
+        return provider[len("cpu["):-1]
+    if provider != "cpu":
+        return None
+    requested = os.environ.get(CPU_GEMM_ENV, "auto").strip().lower() or "auto"
+    available = fused_cpu_kernels()
+    return (available[0] if available else "blas") if requested == "auto" else requested
 
 
 def synchronize(device: str) -> None:
@@ -98,6 +131,8 @@ def run_benchmark(benchmark):
             op=op, provider=provider, device=device_label(device), shape=shape,
             peak_memory_bytes=peak_memory_bytes(call, device), iterations_per_round=iterations,
         )
+        if device == "cpu" and cpu_path(provider) is not None:
+            benchmark.extra_info.update(cpu_path=cpu_path(provider), cpu_paths_available=list(fused_cpu_kernels()))
         return benchmark.pedantic(call, rounds=_rounds(), iterations=iterations, warmup_rounds=1)
 
     return run

@@ -4,8 +4,9 @@
     python benchmarks/report.py bench.json
 
 Sizes: REIDFAST_BENCH_SIZES="N,M,D;N,M,D" (default: a CPU-sized sweep, or the GPU sweep on CUDA).
-On the CPU, "cpu" is the backend's default product path (the fused SIMD micro-kernel where the CPU has one)
-and "cpu[blas]" the same backend forced onto its BLAS path (REIDFAST_CPU_GEMM=blas: torch.mm + epilogue).
+On the CPU, "cpu" is the backend's default product path (the widest fused SIMD micro-kernel the CPU has), and
+"cpu[avx2]" (where AVX-512 is the default) and "cpu[blas]" the same backend forced onto its other paths
+(REIDFAST_CPU_GEMM=avx2|blas; blas: torch.mm + epilogue), so both ISA paths are timed in one run.
 """
 from __future__ import annotations
 
@@ -19,23 +20,23 @@ import reidfast
 from conftest import DEVICES, fast_backends
 from reidfast.ops.distance import CPU_GEMM_ENV, fused_cpu_kernels
 
-CPU_BLAS = "cpu[blas]"
-
-
-def _with_cpu_blas(providers: list[str]) -> list[str]:
-    """Adds the CPU backend's BLAS path as its own provider where the default is a fused kernel."""
-    return providers + [CPU_BLAS] if "cpu" in providers and fused_cpu_kernels() else providers
+def _with_cpu_paths(providers: list[str]) -> list[str]:
+    """Adds the CPU backend's other product paths as their own providers ("cpu[avx2]", "cpu[blas]") where the
+    default ("cpu") is a fused kernel."""
+    if "cpu" not in providers or not fused_cpu_kernels():
+        return providers
+    return providers + [f"cpu[{kernel}]" for kernel in fused_cpu_kernels()[1:]] + ["cpu[blas]"]
 
 
 @contextlib.contextmanager
 def use_provider(provider: str):
-    """use_backend(provider), with "cpu[blas]" = the cpu backend on its BLAS product path."""
-    if provider != CPU_BLAS:
+    """use_backend(provider), with "cpu[PATH]" = the cpu backend on product path PATH (avx512, avx2, blas)."""
+    if not provider.startswith("cpu["):
         with reidfast.use_backend(provider):
             yield
         return
     previous = os.environ.get(CPU_GEMM_ENV)
-    os.environ[CPU_GEMM_ENV] = "blas"
+    os.environ[CPU_GEMM_ENV] = provider[len("cpu["):-1]
     try:
         with reidfast.use_backend("cpu"):
             yield
@@ -55,7 +56,7 @@ def _sizes(device: str) -> list[tuple[int, int, int]]:
 
 def _cases():
     for device in DEVICES:
-        providers = _with_cpu_blas(fast_backends(device)) + ["reference", "torch.cdist", "matmul"]
+        providers = _with_cpu_paths(fast_backends(device)) + ["reference", "torch.cdist", "matmul"]
         if device == "cpu" and "triton" in providers:
             providers.remove("triton")  # the interpreter is a correctness tool, not a fast path
         for size in _sizes(device):
@@ -98,7 +99,7 @@ def _topk_cases():
     except ImportError:
         has_faiss = False
     for device in DEVICES:
-        providers = _with_cpu_blas([p for p in fast_backends(device) if not (device == "cpu" and p == "triton")])
+        providers = _with_cpu_paths([p for p in fast_backends(device) if not (device == "cpu" and p == "triton")])
         providers += ["reference", "cdist+topk", "matmul"] + (["faiss.IndexFlatL2"] if has_faiss and device == "cpu" else [])
         for size in _topk_sizes(device):
             for provider in providers:

@@ -1,7 +1,7 @@
 """Batch-hard triplet loss, forward, backward and forward+backward: every usable backend vs the reference, the
 torch formula most projects use (B x B matrix, masked max/min: reid-strong-baseline), pytorch-metric-learning
-(BatchHardMiner + TripletMarginLoss) when installed, and one Gram matmul x @ x.T (the floor). "cpu[blas]": the cpu
-backend forced onto its BLAS product path (see test_bench_distance.py).
+(BatchHardMiner + TripletMarginLoss) when installed, and one Gram matmul x @ x.T (the floor). "cpu[avx2]",
+"cpu[blas]": the cpu backend forced onto its other product paths (see test_bench_distance.py).
 "backward" replays the backward of one forward (retain_graph): for a backend it is that backend's backward (on
 GPU the fused cuda / triton kernels; "reference" runs the torch-ops backward with index_add_).
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import reidfast
 from conftest import DEVICES, fast_backends
-from test_bench_distance import _with_cpu_blas, use_provider
+from test_bench_distance import _with_cpu_paths, use_provider
 
 DEFAULT_SIZES = {"cpu": "256,2048;1024,256;4096,256", "cuda": "128,2048;512,2048;2048,256;2048,2048;8192,256;8192,2048"}
 MARGIN = 0.3
@@ -54,7 +54,7 @@ def _pml_loss():
 
 
 def _providers(device: str) -> list[str]:
-    providers = _with_cpu_blas([p for p in fast_backends(device) if not (device == "cpu" and p == "triton")])
+    providers = _with_cpu_paths([p for p in fast_backends(device) if not (device == "cpu" and p == "triton")])
     providers += ["reference", "torch_formula", "gram_matmul"]
     if _pml_loss() is not None:
         providers.append("pytorch_metric_learning")

@@ -166,6 +166,24 @@ def test_batch_hard_exact_ties_and_candidates(variant):
     assert torch.equal(details.hardest_negative, ref.hardest_negative)
 
 
+@pytest.mark.parametrize("batch,dim", [(5, 3), (50, 17), (130, 64), (300, 600)], ids=str)
+def test_batch_hard_symmetric_half_product_is_bitwise_the_full_one(variant, batch, dim):
+    # The batch against itself takes the half product (tiles below the diagonal skipped, each tile's update
+    # mirrored, csrc/cpu/gemm_kernels.cpp); a copy of the batch as candidates takes the full one. Each dot
+    # product is the same sum either way, so every output agrees to the bit, exact ties included.
+    generator = torch.Generator().manual_seed(batch + dim)
+    for embeddings in (torch.randn(batch, dim, generator=generator),
+                       torch.randint(-2, 3, (batch, dim), generator=generator).float()):
+        labels = torch.randint(0, max(1, batch // 4), (batch,), generator=generator)
+        for metric in METRICS:
+            _, half = reidfast.batch_hard_triplet_loss(embeddings, labels, metric=metric, return_details=True)
+            _, full = reidfast.batch_hard_triplet_loss(
+                embeddings, labels, metric=metric, candidates=embeddings.clone(), candidate_labels=labels,
+                anchor_index=torch.arange(batch), return_details=True)
+            for name in ("dist_ap", "dist_an", "hardest_positive", "hardest_negative"):
+                assert torch.equal(getattr(half, name), getattr(full, name)), (metric, name)
+
+
 def test_several_passes_and_super_blocks():
     # More x rows than one pass packs (16 MiB over all threads), and more y rows than one shared super-block
     # holds (32 MiB): the paths with repacking and a barrier between super-blocks.

@@ -396,3 +396,32 @@ def test_triton_kernels_compile_for_sm90_without_a_card():
     result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=environment, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.skipif(not reidfast.backends()["cpu"].available, reason="native CPU backend not built")
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("with_candidates", [False, True], ids=["self", "candidates"])
+def test_cpu_backward_gather_with_long_rows_and_any_thread_count(metric, with_candidates):
+    """The native CPU backward (gather form, csrc/cpu/triplet.cpp): a row chosen by more anchors than one stage
+    of its combination holds (32 terms), pairs without index, and identical bits on 1 and 2 threads."""
+    generator = torch.Generator().manual_seed(29)
+    anchors = torch.randn(150, 40, generator=generator)
+    candidates = torch.randn(20, 40, generator=generator) if with_candidates else None
+    num_rows = 20 if with_candidates else 150
+    positive = torch.randint(-1, num_rows, (150,), generator=generator)
+    negative = torch.randint(-1, num_rows, (150,), generator=generator)
+    negative[:100] = 3  # row 3: 100 incoming pairs, over three stages
+    positive[positive == torch.arange(150)] = -1  # (the self case is in test_many_anchors_choosing_the_same_rows)
+    check_against_reference("cpu", anchors, candidates, positive, negative, metric, seed=5)
+    dist_ap, dist_an = pair_distances(anchors, candidates, positive, negative, metric)
+    grads = (torch.linspace(-1, 2, 150), torch.linspace(2, -1, 150))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(run_backward("cpu", anchors, candidates, positive, negative, dist_ap, dist_an, *grads, metric))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert (one is None and two is None) or torch.equal(one, two)

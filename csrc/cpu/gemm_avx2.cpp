@@ -68,8 +68,8 @@ inline V vmax_keep_nan(V floor, V x) { return _mm256_max_ps(floor, x); }
 inline V vzero_lanes(V x, uint32_t lanes) {
   return _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_setzero_ps()), _mm256_castsi256_ps(lane_mask(lanes)));
 }
-inline uint32_t vlt(V a, V b) { return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ))); }
-inline uint32_t vgt(V a, V b) { return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ))); }
+inline uint32_t vle(V a, V b) { return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ))); }
+inline uint32_t vge(V a, V b) { return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ))); }
 inline uint32_t vnge(V a, V b) {  // !(a >= b): NaN passes
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NGE_UQ)));
 }

@@ -57,8 +57,8 @@ inline V vmax_keep_nan(V floor, V x) { return _mm512_max_ps(floor, x); }
 inline V vzero_lanes(V x, uint32_t lanes) {
   return _mm512_mask_mul_ps(x, static_cast<__mmask16>(lanes), x, _mm512_setzero_ps());
 }
-inline uint32_t vlt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-inline uint32_t vgt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+inline uint32_t vle(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+inline uint32_t vge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 inline uint32_t vnge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_NGE_UQ); }  // !(a >= b): NaN passes
 inline uint32_t veq_labels(const int32_t* labels, int32_t label) {
   return _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(labels), _mm512_set1_epi32(label));

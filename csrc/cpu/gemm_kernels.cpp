@@ -7,14 +7,15 @@
 //   threads, then one barrier
 //     each thread, for its own range of MR-row tiles of x, in passes of kPackedXBytes / threads:
 //       pack the pass's tiles (its own buffer, no barrier)
-//       for each block of y panels that stays in L2 (kL2BlockBytes) in its column part, for each tile of
-//       the pass:
+//       for each block of y panels that stays in L2 (cache_blocking) in its column part, for each tile of
+//       the pass (symmetric mining: only the columns from the tile's diagonal block on):
 //         for each depth chunk (one unless D > 512), for each panel: the micro-kernel (the tile's depth
 //         chunk stays in L1), and after the last chunk the epilogue on the MR x NR tile of dot products
 // Column parts (plan_split): one unless there are fewer tiles than threads; then the threads of a tile
 // each take a share of every super-block, with their own top-k / mining state, merged at the end.
-// Within a part, every row sees its columns in increasing order, which the top-k and mining tie rules rely
-// on. Memory: the packed blocks, the norms, and the per-row state of the consumer (top-k reservoir:
+// Within a part, every row sees its columns in increasing order, which the top-k tie rule relies on (the
+// mining's rule does not depend on the order, which lets the symmetric mining mirror its updates).
+// Memory: the packed blocks, the norms, and the per-row state of the consumer (top-k reservoir:
 // O(N * k * parts)).
 #include "gemm_kernels.h"
 
@@ -30,6 +31,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>  // sysconf: the cache sizes
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -41,12 +46,36 @@ namespace {
 using gemm::IsaKernels;
 using gemm::Strip;
 
-// Packed y rows shared by the threads (a super-block), the part of it that stays in each core's L2 while a
-// thread's tiles go by, and the packed x tiles of one pass (all threads), in bytes. Tuned on a 2-core Zen 5
-// (48 KiB L1d, 1 MiB L2 per core, 32 MiB L3): 384-768 KiB L2 blocks measured alike.
+// Packed y rows shared by the threads (a super-block) and the packed x tiles of one pass (all threads), in
+// bytes; the L2 share comes from the running CPU's cache size (cache_blocking).
 constexpr int64_t kPackedYBytes = int64_t{32} << 20;
-constexpr int64_t kL2BlockBytes = int64_t{512} << 10;
 constexpr int64_t kPackedXBytes = int64_t{16} << 20;
+
+// The part of the packed y rows that stays in each core's L2 while a thread's tiles go by (bytes), and the
+// depth chunk whose A tile stays in L1 while the B panels stream through it (steps).
+struct CacheBlocking {
+  int64_t l2_block_bytes;
+  int64_t depth_chunk;
+};
+
+// The L2 cache size in bytes from the OS (glibc's sysconf on Linux), else `fallback`.
+int64_t l2_cache_bytes(int64_t fallback) {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (bytes >= 65536) return static_cast<int64_t>(bytes);
+#endif
+  return fallback;
+}
+
+// The y block: the whole L2 up to 512 KiB, and 512-step depth chunks (an A tile chunk of 12 KiB for AVX2,
+// 16 KiB for AVX-512). Tuned on a 2-core Zen 5 (1 MiB L2: 384-768 KiB blocks measured alike); on a Zen 3 (32 KiB
+// L1d, 512 KiB L2) 128 KiB - 1 MiB blocks and 256 - 1024-step chunks measured within 4% for the B = 256,
+// D = 2048 and B = 4096, D = 256 minings, and half the L2 with 448-step chunks was no faster for 2048 x 2048 x
+// 2048 distances (within the ~5% noise of a loaded machine). A CPU with a smaller L2 gets its L2 size.
+CacheBlocking cache_blocking(const IsaKernels&) {
+  static const int64_t l2 = l2_cache_bytes(int64_t{512} << 10);
+  return CacheBlocking{std::min<int64_t>(l2, int64_t{512} << 10), 512};
+}
 
 bool cpu_has_avx512() {
 #if REIDFAST_X86_SIMD
@@ -136,7 +165,7 @@ struct AlignedFloats {
 // The packing buffers of one call, carved from one allocation. Up to kCachedWorkspaceBytes it is kept per
 // calling thread between calls, so the small calls of a training loop pay no allocation and no page faults
 // (measured: a fresh 2.5 MiB per call at B = 256, D = 2048 put page faults at ~6% of a fwd+bwd step).
-constexpr int64_t kCachedWorkspaceBytes = int64_t{8} << 20;
+constexpr int64_t kCachedWorkspaceBytes = int64_t{16} << 20;
 
 class Workspace {
  public:
@@ -220,7 +249,8 @@ struct Rows {
 };
 
 // Rows [first, first + count) into `width`-interleaved panels (gemm_internal.h), zero-padding the last, and
-// their squared norms (and, for cosine, lengths max(|v|, eps)) into sq_norms[0, count) / lengths[0, count).
+// their squared norms (and, for cosine, lengths max(|v|, eps)) into sq_norms[0, count) / lengths[0, count)
+// unless sq_norms is null.
 // scratch: width * depth floats for the float16/bfloat16 -> float32 conversion.
 void pack(const IsaKernels& isa, const Rows& rows, int64_t first, int64_t count, int width, float* packed,
           float* scratch, float* sq_norms, float* lengths) {
@@ -230,6 +260,7 @@ void pack(const IsaKernels& isa, const Rows& rows, int64_t first, int64_t count,
     for (int lane = 0; lane < lanes; ++lane) {
       const int64_t i = panel * width + lane;
       sources[lane] = rows.row(first + i, scratch + lane * rows.depth);
+      if (!sq_norms) continue;
       sq_norms[i] = isa.sq_norm(sources[lane], rows.depth);
       if (lengths) lengths[i] = std::max(std::sqrt(sq_norms[i]), static_cast<float>(kCosineEps));
     }
@@ -266,6 +297,10 @@ struct WorkSplit {
   int threads = 1;
   int64_t row_groups = 1;
   int parts = 1;  // column parts; part p of thread t is t % parts
+  // Symmetric mining (one part only): a tile skips the column blocks of size lcm(MR, NR) left of its own, its
+  // mine epilogue mirrors the rest (MineEpilogue), the threads' row ranges balance the triangle, each thread
+  // keeps its own state for all rows (state slot = thread), and the finishing waits for every thread.
+  bool symmetric = false;
 };
 
 constexpr int64_t kMinPartColumns = 256;
@@ -286,13 +321,35 @@ WorkSplit plan_split(const IsaKernels& isa, int64_t rows, int64_t cols) {
   return split;
 }
 
-// Runs `process(strip, part)` for every (A tile, block of y rows) pair, in the loop order described at the
+int64_t gcd(int64_t a, int64_t b) { return b == 0 ? a : gcd(b, a % b); }
+
+// First tile of each of `groups` row groups (and tiles as the last bound): equal numbers of tiles, or for
+// the symmetric product equal areas of the upper triangle (tile t covers columns from its diagonal block on).
+std::vector<int64_t> tile_bounds(int64_t tiles, int64_t groups, int64_t cols, int mr, int64_t diagonal_block,
+                                 bool symmetric) {
+  std::vector<int64_t> bounds(static_cast<size_t>(groups + 1), tiles);
+  for (int64_t g = 0; g < groups; ++g) bounds[g] = tiles * g / groups;
+  if (!symmetric) return bounds;
+  std::fill(bounds.begin() + 1, bounds.end(), tiles);
+  const auto work = [&](int64_t tile) { return cols - tile * mr / diagonal_block * diagonal_block; };
+  int64_t total = 0;
+  for (int64_t t = 0; t < tiles; ++t) total += work(t);
+  int64_t done = 0, group = 1;
+  for (int64_t t = 0; t < tiles && group < groups; ++t) {
+    while (group < groups && done * groups >= total * group) bounds[group++] = t;
+    done += work(t);
+  }
+  return bounds;
+}
+
+// Runs `process(strip, slot)` for every (A tile, block of y rows) pair, in the loop order described at the
 // top, then `finish(first_row, end_row)` once per thread for a range of rows (after a barrier when the
-// columns are split, so that every part of those rows is complete). Each thread owns a fixed range of tiles
-// and a fixed share of every super-block's panels, so the only barriers are after packing each super-block
-// of y (one for most calls): on a machine shared with other work, a barrier waits for the slowest, possibly
-// descheduled, thread (measured: with a barrier per L2 block, B = 256 / D = 2048 mining steps varied 2x
-// under load). Within one part, every row sees its columns in increasing order.
+// columns are split or the product symmetric, so that every part of those rows is complete). Each thread owns
+// a fixed range of tiles and a fixed share of every super-block's panels, so the only barriers are after
+// packing each super-block of y (one for most calls) and that one: on a machine shared with other work, a
+// barrier waits for the slowest, possibly descheduled, thread (measured: with a barrier per L2 block,
+// B = 256 / D = 2048 mining steps varied 2x under load). Within one part, every row sees its columns in
+// increasing order.
 template <class Process, class Finish>
 void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool same_input, Metric metric,
                     const WorkSplit& split, const Process& process, const Finish& finish) {
@@ -319,8 +376,19 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
   const auto columns_in = [&](int64_t bytes) {
     return std::min(round_up(cols, nr), std::max<int64_t>(nr, bytes / (depth * 4) / nr * nr));
   };
-  const int64_t super_cols = columns_in(kPackedYBytes), block_cols = std::min(super_cols, columns_in(kL2BlockBytes));
-  const int64_t pass_tiles = std::max<int64_t>(1, kPackedXBytes / threads / (int64_t{4} * mr * depth));
+  const CacheBlocking blocking = cache_blocking(isa);
+  const int64_t super_cols = columns_in(kPackedYBytes);
+  // x is y and y is packed in one piece: x's norms are y's (complete after the packing's barrier).
+  const bool reuse_norms = same_input && x_norm_copies == 1 && super_cols >= cols;
+  const int64_t block_cols = std::min(super_cols, columns_in(blocking.l2_block_bytes));
+  const bool symmetric = split.symmetric;
+  const int64_t diagonal_block = int64_t{mr} / gcd(mr, nr) * nr;  // a multiple of both MR and NR
+  const std::vector<int64_t> bounds = tile_bounds(tiles_total, row_groups, cols, mr, diagonal_block, symmetric);
+  int64_t most_tiles = 0;
+  for (int64_t g = 0; g < row_groups; ++g) most_tiles = std::max(most_tiles, bounds[g + 1] - bounds[g]);
+  // No bigger than a thread's tiles: the workspace then stays small enough to be kept between calls.
+  const int64_t pass_tiles = std::max<int64_t>(
+      1, std::min(most_tiles, kPackedXBytes / threads / (int64_t{4} * mr * depth)));
   const int64_t x_floats = pass_tiles * mr * depth;
   const int64_t scratch_floats = x.dtype == DType::Float32 ? 0 : std::max(mr, nr) * depth;
   const int64_t partial_floats = block_cols * mr;
@@ -332,6 +400,7 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
 
   Strip base;
   base.depth = depth;
+  base.depth_chunk = blocking.depth_chunk;
   base.y_sq_norms = y_sq_norms.data();
   base.y_lengths = cosine ? y_lengths.data() : nullptr;
   base.metric = metric;
@@ -348,15 +417,16 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
     const int me = thread_index();
     const int part = me % parts;
     const int64_t group = me / parts;
-    const int64_t first_tile = tiles_total * group / row_groups, end_tile = tiles_total * (group + 1) / row_groups;
+    const int64_t first_tile = bounds[group], end_tile = bounds[group + 1];
+    const int slot = symmetric ? me : part;
     float* const own_x = per_thread_buffers + me * per_thread;
     float* const own_scratch = own_x + Workspace::aligned_size(x_floats);
     float* const own_partial = own_scratch + Workspace::aligned_size(scratch_floats);
     float* const own_x_sq_norms = x_sq_norms.data() + (x_norm_copies > 1 ? me * rows : 0);
     float* const own_x_lengths = cosine ? x_lengths.data() + (x_norm_copies > 1 ? me * rows : 0) : nullptr;
     Strip own_base = base;
-    own_base.x_sq_norms = own_x_sq_norms;
-    own_base.x_lengths = own_x_lengths;
+    own_base.x_sq_norms = reuse_norms ? y_sq_norms.data() : own_x_sq_norms;
+    own_base.x_lengths = reuse_norms && cosine ? y_lengths.data() : own_x_lengths;
     for (int64_t super0 = 0; super0 < cols; super0 += super_cols) {
       const int64_t width = std::min(super_cols, cols - super0);
       const int64_t panels = (width + nr - 1) / nr;
@@ -376,24 +446,32 @@ void for_each_strip(const IsaKernels& isa, const Rows& x, const Rows& y, bool sa
         for (int64_t tile = pass0; tile < pass_end; ++tile) {
           const int64_t row0 = tile * mr;
           pack(isa, x, row0, std::min<int64_t>(mr, rows - row0), mr, own_x + (tile - pass0) * mr * depth, own_scratch,
-               own_x_sq_norms + row0, cosine ? own_x_lengths + row0 : nullptr);
+               reuse_norms ? nullptr : own_x_sq_norms + row0, cosine ? own_x_lengths + row0 : nullptr);
         }
         for (int64_t block0 = share0; block0 < share_end; block0 += block_cols) {
+          const int64_t block_end = std::min(share_end, block0 + block_cols);
           for (int64_t tile = pass0; tile < pass_end; ++tile) {
             Strip strip = own_base;
             strip.a = own_x + (tile - pass0) * mr * depth;
             strip.row0 = tile * mr;
             strip.rows = std::min<int64_t>(mr, rows - strip.row0);
-            strip.b = packed_y + block0 * depth;
-            strip.col0 = super0 + block0;
-            strip.cols = std::min(block_cols, share_end - block0);
+            int64_t start = block0;  // in the super-block
+            if (symmetric) {
+              const int64_t diagonal = strip.row0 / diagonal_block * diagonal_block;  // global, panel-aligned
+              start = std::max(start, diagonal - super0);
+              strip.mirror_from = diagonal + diagonal_block;
+            }
+            if (start >= block_end) continue;
+            strip.b = packed_y + start * depth;
+            strip.col0 = super0 + start;
+            strip.cols = block_end - start;
             strip.partial = own_partial;
-            process(strip, part);
+            process(strip, slot);
           }
         }
       }
     }
-    if (parts > 1) {
+    if (parts > 1 || symmetric) {
 #pragma omp barrier
       // every part of every row is complete; the threads share the finishing by rows
       finish(rows * me / threads, rows * (me + 1) / threads);
@@ -524,65 +602,52 @@ void fused_batch_hard_mine(const ArrayView& anchors, const ArrayView& candidates
   for (int64_t i = 0; i < rows; ++i) ids_a[i] = dense(labels_a[i]);
   for (int64_t j = 0; j < cols; ++j) ids_c[j] = dense(labels_c[j]);
 
-  std::vector<float> positive_prekey(rows, -std::numeric_limits<float>::infinity());
-  std::vector<float> negative_prekey(rows, std::numeric_limits<float>::infinity());
-  float* positive_value = dist_ap.ptr<float>();
-  float* negative_value = dist_an.ptr<float>();
-  int64_t* positive = positive_index.ptr<int64_t>();
-  int64_t* negative = negative_index.ptr<int64_t>();
-  std::fill(positive_value, positive_value + rows, -std::numeric_limits<float>::infinity());
-  std::fill(negative_value, negative_value + rows, std::numeric_limits<float>::infinity());
-  std::fill(positive, positive + rows, int64_t{-1});
-  std::fill(negative, negative + rows, int64_t{-1});
+  // Symmetric (the batch against itself): half the product, each tile mirroring its update (WorkSplit).
+  const bool same_input = anchors.data == candidates.data && rows == cols && anchors.stride(0) == candidates.stride(0);
+  WorkSplit split = plan_split(isa, rows, cols);
+  const int64_t* self_index = anchor_index.ptr<int64_t>();
+  bool symmetric = same_input && split.parts == 1 && std::equal(ids_a.begin(), ids_a.end(), ids_c.begin());
+  for (int64_t i = 0; symmetric && i < rows; ++i) symmetric = self_index[i] == i;
+  split.symmetric = symmetric;
 
-  // One running hardest pair per anchor and column part (plan_split): part 0 in the outputs, the others in
-  // `extra`, merged by value, ties to the smaller index (as one pass in increasing column order keeps them).
-  const WorkSplit split = plan_split(isa, rows, cols);
-  const int64_t parts = split.parts;
-  const size_t extra_size = static_cast<size_t>((parts - 1) * rows);
-  std::vector<float> extra_positive_prekey(extra_size, -std::numeric_limits<float>::infinity());
-  std::vector<float> extra_negative_prekey(extra_size, std::numeric_limits<float>::infinity());
-  std::vector<float> extra_positive_value(extra_size, -std::numeric_limits<float>::infinity());
-  std::vector<float> extra_negative_value(extra_size, std::numeric_limits<float>::infinity());
-  std::vector<int64_t> extra_positive(extra_size, -1), extra_negative(extra_size, -1);
-  std::vector<gemm::MineRows> states(static_cast<size_t>(parts));
-  for (int64_t part = 0; part < parts; ++part) {
-    gemm::MineRows& state = states[part];
-    const int64_t offset = (part - 1) * rows;
+  // One running hardest pair per anchor and state slot (a column part, or a thread of the symmetric
+  // product), merged by value, ties to the smaller index (the same rule as each offer).
+  const int64_t slots = symmetric ? split.threads : split.parts, padded = round_up(std::max(rows, cols), isa.nr);
+  std::vector<float> positive_values(static_cast<size_t>(slots * padded), -std::numeric_limits<float>::infinity());
+  std::vector<float> negative_values(static_cast<size_t>(slots * padded), std::numeric_limits<float>::infinity());
+  std::vector<int64_t> positives(static_cast<size_t>(slots * padded), -1), negatives(positives.size(), -1);
+  std::vector<gemm::MineRows> states(static_cast<size_t>(slots));
+  for (int64_t slot = 0; slot < slots; ++slot) {
+    gemm::MineRows& state = states[slot];
     state.anchor_labels = ids_a.data();
     state.candidate_labels = ids_c.data();
-    state.self_index = anchor_index.ptr<int64_t>();
-    state.positive_prekey = part == 0 ? positive_prekey.data() : extra_positive_prekey.data() + offset;
-    state.positive_value = part == 0 ? positive_value : extra_positive_value.data() + offset;
-    state.positive_index = part == 0 ? positive : extra_positive.data() + offset;
-    state.negative_prekey = part == 0 ? negative_prekey.data() : extra_negative_prekey.data() + offset;
-    state.negative_value = part == 0 ? negative_value : extra_negative_value.data() + offset;
-    state.negative_index = part == 0 ? negative : extra_negative.data() + offset;
-    state.metric = metric;
+    state.self_index = self_index;
+    state.positive_value = positive_values.data() + slot * padded;
+    state.positive_index = positives.data() + slot * padded;
+    state.negative_value = negative_values.data() + slot * padded;
+    state.negative_index = negatives.data() + slot * padded;
   }
-  const bool same_input = anchors.data == candidates.data && rows == cols && anchors.stride(0) == candidates.stride(0);
+  float* out_positive_value = dist_ap.ptr<float>();
+  float* out_negative_value = dist_an.ptr<float>();
+  int64_t* out_positive = positive_index.ptr<int64_t>();
+  int64_t* out_negative = negative_index.ptr<int64_t>();
   const auto finish = [&](int64_t first_row, int64_t end_row) {
     for (int64_t i = first_row; i < end_row; ++i) {
-      for (int64_t part = 1; part < parts; ++part) {
-        const gemm::MineRows& other = states[part];
-        const int64_t p = other.positive_index[i], n = other.negative_index[i];
-        const float pv = other.positive_value[i], nv = other.negative_value[i];
-        if (p >= 0 && (positive[i] < 0 || pv > positive_value[i] || (pv == positive_value[i] && p < positive[i]))) {
-          positive_value[i] = pv;
-          positive[i] = p;
-        }
-        if (n >= 0 && (negative[i] < 0 || nv < negative_value[i] || (nv == negative_value[i] && n < negative[i]))) {
-          negative_value[i] = nv;
-          negative[i] = n;
-        }
+      const gemm::MineRows& best = states[0];
+      for (int64_t slot = 1; slot < slots; ++slot) {
+        const gemm::MineRows& other = states[slot];
+        if (other.positive_index[i] >= 0) best.offer_positive(i, other.positive_index[i], other.positive_value[i]);
+        if (other.negative_index[i] >= 0) best.offer_negative(i, other.negative_index[i], other.negative_value[i]);
       }
-      if (positive[i] < 0) positive_value[i] = 0.0f;
-      if (negative[i] < 0) negative_value[i] = 0.0f;
+      out_positive[i] = best.positive_index[i];
+      out_negative[i] = best.negative_index[i];
+      out_positive_value[i] = best.positive_index[i] < 0 ? 0.0f : best.positive_value[i];
+      out_negative_value[i] = best.negative_index[i] < 0 ? 0.0f : best.negative_value[i];
     }
   };
   for_each_strip(
       isa, Rows(anchors), Rows(candidates), same_input, metric, split,
-      [&](const Strip& strip, int part) { isa.mine_tile(strip, states[part]); }, finish);
+      [&](const Strip& strip, int slot) { isa.mine_tile(strip, states[slot]); }, finish);
 }
 
 }  // namespace cpu

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace reidfast {
 namespace cpu {
@@ -66,47 +67,103 @@ void mine_typed(const ArrayView& gram, const ArrayView& anchor_sq_norms, const A
   }
 }
 
+// One output row as a combination of input rows: out (+)= coefficient * own - sum_t weight_t * other_t, in
+// the order given (so the result does not depend on the number of threads); the row stays in L1 meanwhile.
+template <typename T>
+struct RowCombination {
+  static constexpr int kMaxTerms = 32;  // more partners (a candidate many anchors chose): written in stages
+  T coefficient = T(0);
+  int terms = 0;
+  const T* rows[kMaxTerms];
+  T weights[kMaxTerms];
+};
+
+template <typename T>
+void write_combination(const RowCombination<T>& combination, const T* own, T* out, int64_t dim, bool accumulate) {
+  const T c = combination.coefficient;
+  if (accumulate) {
+#pragma omp simd
+    for (int64_t f = 0; f < dim; ++f) out[f] += c * own[f];
+  } else if (c == T(0)) {  // no pair (or weights summing to 0): zeros, not 0 * own
+    std::fill(out, out + dim, T(0));
+  } else {
+#pragma omp simd
+    for (int64_t f = 0; f < dim; ++f) out[f] = c * own[f];
+  }
+  for (int t = 0; t < combination.terms; ++t) {
+    const T w = combination.weights[t];
+    const T* other = combination.rows[t];
+#pragma omp simd
+    for (int64_t f = 0; f < dim; ++f) out[f] -= w * other[f];
+  }
+}
+
+// Gather form of the scatter in triplet.h: pair (i, j) with weight w adds w a_i - w c_j to grad_anchors[i] and
+// w c_j - w a_i to grad_candidates[j], so every output row is its own input row scaled by the sum of its
+// pairs' weights, minus its partners' rows weighted. Each row is written once (no zero fill, no
+// read-modify-write pass per pair), threads take whole rows (no atomics), and a candidate's incoming pairs
+// come in increasing anchor order, positives before negatives (an inverse index built here, O(B + C)).
 template <typename T>
 void backward_typed(const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
                     const ArrayView& negative_index, const ArrayView& positive_weight,
                     const ArrayView& negative_weight, const ArrayView& grad_anchors,
                     const ArrayView& grad_candidates) {
-  const int64_t num_anchors = anchors.size(0), dim = anchors.size(1);
+  const int64_t num_anchors = anchors.size(0), num_candidates = candidates.size(0), dim = anchors.size(1);
   const int64_t* pairs[2] = {positive_index.ptr<int64_t>(), negative_index.ptr<int64_t>()};
   const T* weights[2] = {positive_weight.ptr<T>(), negative_weight.ptr<T>()};
-  constexpr int64_t kFeatureBlock = 64;
-  const int64_t feature_blocks = (dim + kFeatureBlock - 1) / kFeatureBlock;
+  const auto anchor_row = [&](int64_t i) { return anchors.ptr<T>() + i * anchors.stride(0); };
+  const auto candidate_row = [&](int64_t j) { return candidates.ptr<T>() + j * candidates.stride(0); };
+  const auto live = [&](int side, int64_t i) { return pairs[side][i] >= 0 && weights[side][i] != T(0); };
+  // Incoming pairs per candidate row, as a CSR of entries e = side * B + i in increasing e.
+  std::vector<int64_t> offsets(static_cast<size_t>(num_candidates + 1), 0), entries;
+  for (int side = 0; side < 2; ++side) {
+    for (int64_t i = 0; i < num_anchors; ++i) {
+      if (live(side, i)) ++offsets[pairs[side][i] + 1];
+    }
+  }
+  for (int64_t j = 0; j < num_candidates; ++j) offsets[j + 1] += offsets[j];
+  entries.resize(static_cast<size_t>(offsets[num_candidates]));
+  {
+    std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+    for (int side = 0; side < 2; ++side) {
+      for (int64_t i = 0; i < num_anchors; ++i) {
+        if (live(side, i)) entries[next[pairs[side][i]]++] = side * num_anchors + i;
+      }
+    }
+  }
+  const bool same = grad_candidates.ptr<T>() == grad_anchors.ptr<T>();  // candidates are the anchors
+  const int64_t out_rows = same ? num_anchors : num_anchors + num_candidates;
 #pragma omp parallel for schedule(static)
-  for (int64_t block = 0; block < feature_blocks; ++block) {
-    const int64_t begin = block * kFeatureBlock, end = std::min(dim, begin + kFeatureBlock);
-    // The outputs arrive uninitialised: this thread owns features [begin, end) of every row, so it zeroes
-    // them here, while they are hot, instead of the caller filling both matrices first.
-    for (int64_t i = 0; i < num_anchors; ++i) {
-      T* row = grad_anchors.ptr<T>() + i * grad_anchors.stride(0);
-      std::fill(row + begin, row + end, T(0));
-    }
-    if (grad_candidates.ptr<T>() != grad_anchors.ptr<T>()) {
-      for (int64_t j = 0; j < grad_candidates.size(0); ++j) {
-        T* row = grad_candidates.ptr<T>() + j * grad_candidates.stride(0);
-        std::fill(row + begin, row + end, T(0));
+  for (int64_t row = 0; row < out_rows; ++row) {
+    RowCombination<T> combination;
+    const bool anchor_side = row < num_anchors;
+    const int64_t j = anchor_side ? row : row - num_anchors;  // candidate row (same: anchor row too)
+    T* out = anchor_side ? grad_anchors.ptr<T>() + row * grad_anchors.stride(0)
+                         : grad_candidates.ptr<T>() + j * grad_candidates.stride(0);
+    const T* own = anchor_side ? anchor_row(row) : candidate_row(j);
+    bool written = false;
+    const auto push = [&](T weight, const T* other) {
+      if (combination.terms == RowCombination<T>::kMaxTerms) {
+        write_combination(combination, own, out, dim, written);
+        written = true;
+        combination = RowCombination<T>();
       }
-    }
-    for (int64_t i = 0; i < num_anchors; ++i) {
-      const T* anchor = anchors.ptr<T>() + i * anchors.stride(0);
-      T* grad_anchor = grad_anchors.ptr<T>() + i * grad_anchors.stride(0);
+      combination.coefficient += weight;
+      combination.rows[combination.terms] = other;
+      combination.weights[combination.terms++] = weight;
+    };
+    if (anchor_side) {
       for (int side = 0; side < 2; ++side) {
-        const int64_t j = pairs[side][i];
-        const T w = weights[side][i];
-        if (j < 0 || w == T(0)) continue;
-        const T* candidate = candidates.ptr<T>() + j * candidates.stride(0);
-        T* grad_candidate = grad_candidates.ptr<T>() + j * grad_candidates.stride(0);
-        for (int64_t f = begin; f < end; ++f) {
-          const T step = w * (anchor[f] - candidate[f]);
-          grad_anchor[f] += step;
-          grad_candidate[f] -= step;
-        }
+        if (live(side, row)) push(weights[side][row], candidate_row(pairs[side][row]));
       }
     }
+    if (!anchor_side || same) {
+      for (int64_t e = offsets[j]; e < offsets[j + 1]; ++e) {
+        const int64_t i = entries[e] % num_anchors;
+        push(weights[entries[e] / num_anchors][i], anchor_row(i));
+      }
+    }
+    write_combination(combination, own, out, dim, written);
   }
 }
 

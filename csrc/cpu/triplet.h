@@ -31,7 +31,8 @@ namespace cpu {
 // starting from zero: the grads are outputs, every element written (their contents on entry are ignored).
 // anchors (B, D), candidates (C, D), grad_anchors (B, D), grad_candidates (C, D): one float dtype (float32 or
 // float64), unit inner stride; the two grads may be the same array (anchors scored against themselves).
-// Threads split the feature axis, so the scatter into grad_candidates needs no atomics.
+// Computed in gather form (triplet.cpp): threads take whole output rows, no atomics, and the result does not
+// depend on the number of threads.
 void batch_hard_backward(const ArrayView& anchors, const ArrayView& candidates, const ArrayView& positive_index,
                          const ArrayView& negative_index, const ArrayView& positive_weight,
                          const ArrayView& negative_weight, const ArrayView& grad_anchors,
