@@ -37,6 +37,7 @@ import torch
 
 from .. import _native
 from .._arrays import as_tensor
+from .._checks import check_some_query_valid
 from .._dispatch import Op, requested_backend
 from ..reference import evaluation as reference
 
@@ -613,7 +614,7 @@ def _aggregate(
     """
     valid = first_match_rank > 0
     num_valid = int(valid.sum())
-    reference._check_some_query_valid(num_valid)
+    check_some_query_valid(num_valid)
     if sampling is None:
         first_ranks = np.minimum(first_match_rank[valid], max_rank + 1)
         cmc_hits = np.cumsum(np.bincount(first_ranks, minlength=max_rank + 2)[1 : max_rank + 1])
