@@ -12,7 +12,6 @@ import torch
 from reidfast._arrays import has_nonfinite
 from reidfast.reference.distance import METRICS
 
-RERANK_METRICS = ("euclidean", "cosine")
 REDUCTIONS = ("mean", "sum", "none")
 SOFT_MARGIN = "soft"
 NO_INDEX = -1

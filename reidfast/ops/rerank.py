@@ -37,8 +37,7 @@ import torch
 
 from .. import _native
 from .._arrays import as_tensor, check_same_device, has_nonfinite, to_caller
-from .._checks import (RERANK_METRICS, check_distance_shapes, check_rerank_distances, check_rerank_features,
-                      check_rerank_parameters)
+from .._checks import check_distance_shapes, check_rerank_distances, check_rerank_features, check_rerank_parameters
 from .._dispatch import Op, use_backend
 from ..reference import rerank as reference
 from ..reference import distance as reference_distance
@@ -365,8 +364,8 @@ def re_ranking(
     the caller's array type; equal to :func:`reidfast.reference.rerank.re_ranking_features` up to float32
     rounding (near-tied distances, e.g. duplicated features, may order differently).
     """
-    if metric not in RERANK_METRICS:
-        raise ValueError(f"metric must be one of {RERANK_METRICS}, got {metric!r}")
+    if metric not in reference.RERANK_METRICS:
+        raise ValueError(f"metric must be one of {reference.RERANK_METRICS}, got {metric!r}")
     library = _library(query_features, "query_features")
     backend, implementation = RE_RANKING.select(_device_of(query_features))
     if backend in _DEVICE_RESIDENT:

@@ -35,10 +35,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reidfast._checks import RERANK_METRICS, check_rerank_distances, check_rerank_features, check_rerank_parameters
+from reidfast._checks import check_rerank_distances, check_rerank_features, check_rerank_parameters
 from reidfast.reference.distance import pairwise_distance
 
 __all__ = ["re_ranking", "re_ranking_features"]
+
+RERANK_METRICS = ("euclidean", "cosine")
 
 
 def re_ranking(
