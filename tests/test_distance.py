@@ -169,6 +169,10 @@ SHAPES = [(1, 1, 1), (7, 13, 5), (65, 33, 70), (130, 67, 257)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_backend_matches_reference(device, backend, metric, dtype, shape):
+    if (device, backend, dtype) == ("cpu", "triton", torch.float64) and shape == SHAPES[-1]:
+        # 15-16 s a case in the interpreter (float64 broadcasts x[:, None] * y[None] per 16x16x16 block);
+        # 65x33x70 already crosses partial row, column and feature blocks of that path.
+        pytest.skip("the Triton interpreter is slow: float64 at 130x67x257 runs on a card only")
     x, y = _random_pair(*shape, dtype=dtype, device=device)
     out = _run(backend, x, y, metric=metric)
     expected = reference_distance(x, y, metric)
