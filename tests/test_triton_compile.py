@@ -68,18 +68,20 @@ for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("fp16", "ieee"), (
                            "tune_anchors", "tune_candidates", "tune_dim")},
                    dict(METRIC=0, SAME_INPUT=True, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False,
                         BLOCK_B=64, BLOCK_C=64, BLOCK_D=32))
-for metric in (0, 2):  # euclidean and cosine take different code paths; sqeuclidean is euclidean's
+# The configurations tests/test_triplet_backward_kernels.py compiles too (Triton's cache serves the second):
+# cosine with a separate candidate gradient, euclidean on the anchors alone.
+for dtype, metric, flag in (("fp32", 2, True), ("bf16", 0, False)):
     compile_kernel(f"backward_pairs_{metric}", triplet_backward._pair_coefficients_kernel,
-                   {"anchors_ptr": "*fp32", "candidates_ptr": "*fp32", "positive_ptr": "*i64", "negative_ptr": "*i64",
-                    "dist_ap_ptr": "*fp32", "dist_an_ptr": "*fp32", "grad_ap_ptr": "*fp32", "grad_an_ptr": "*fp32",
-                    "coefficients_ptr": "*fp32", "grad_anchors_ptr": "*fp32",
+                   {"anchors_ptr": "*" + dtype, "candidates_ptr": "*" + dtype, "positive_ptr": "*i64",
+                    "negative_ptr": "*i64", "dist_ap_ptr": "*fp32", "dist_an_ptr": "*fp32", "grad_ap_ptr": "*fp32",
+                    "grad_an_ptr": "*fp32", "coefficients_ptr": "*fp32", "grad_anchors_ptr": "*" + dtype,
                     **ints("num_anchors", "dim", "anchor_row_stride", "candidate_row_stride", "grad_row_stride")},
-                   dict(METRIC=metric, FP64=False, WRITE_ANCHOR_GRAD=True, BLOCK_B=32, BLOCK_D=128))
+                   dict(METRIC=metric, FP64=False, WRITE_ANCHOR_GRAD=flag, BLOCK_B=32, BLOCK_D=128))
     compile_kernel(f"backward_rows_{metric}", triplet_backward._chosen_rows_kernel,
-                   {"anchors_ptr": "*fp32", "rows_ptr": "*fp32", "positive_ptr": "*i64", "negative_ptr": "*i64",
+                   {"anchors_ptr": "*" + dtype, "rows_ptr": "*" + dtype, "positive_ptr": "*i64", "negative_ptr": "*i64",
                     "coefficients_ptr": "*fp32", "entry_order_ptr": "*i64", "entry_offsets_ptr": "*i64",
-                    "grad_ptr": "*fp32", **ints("num_anchors", "dim", "anchor_row_stride", "row_stride", "grad_row_stride")},
-                   dict(METRIC=metric, FP64=False, ANCHOR_PART=True, BLOCK_E=4, BLOCK_D=256))
+                    "grad_ptr": "*" + dtype, **ints("num_anchors", "dim", "anchor_row_stride", "row_stride", "grad_row_stride")},
+                   dict(METRIC=metric, FP64=False, ANCHOR_PART=flag, BLOCK_E=4, BLOCK_D=256))
 print("compiled")
 '''
 
