@@ -204,6 +204,10 @@ def use_backend(name: str | None) -> Iterator[None]:
     """Force every reidfast op inside the block onto one backend ("auto" or None: automatic choice).
 
     Raises BackendUnavailableError at once if that backend is not usable on this machine.
+    The choice is a context variable: it holds in this thread (and asyncio task) only. A thread started
+    inside the block begins with the automatic choice unless it runs in a copy of this context
+    (`ctx = contextvars.copy_context(); Thread(target=ctx.run, args=(fn,))`); threads that force different
+    backends at once do not see each other's. REIDFAST_BACKEND applies to every thread.
     """
     name = "auto" if name is None else _check_name(str(name), "use_backend", allow_auto=True)
     if name != "auto":

@@ -56,7 +56,7 @@ def test_pairwise_distance(variant, metric, dtype, shape):
     x, y = _pair(*shape, dtype=dtype)
     out = reidfast.pairwise_distance(x, y, metric=metric)
     assert out.dtype == torch.float32 and out.shape == shape[:2]
-    assert_distance_close(out, reference_distance(x, y, metric), metric, atol=2e-4 * math.sqrt(shape[2]))
+    assert_distance_close(out, reference_distance(x, y, metric), metric, x, y)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -67,7 +67,7 @@ def test_pairwise_distance_self_is_exact(variant, metric):
         assert torch.equal(out.diagonal(), torch.full((45,), 1e-12).sqrt())
     elif metric == "sqeuclidean":
         assert torch.equal(out.diagonal(), torch.zeros(45))
-    assert_distance_close(out, reference_distance(x, x, metric), metric, atol=2e-3)
+    assert_distance_close(out, reference_distance(x, x, metric), metric, x)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -142,7 +142,7 @@ def test_batch_hard_half_precision(variant, dtype):
     generator = torch.Generator().manual_seed(6)
     embeddings = torch.randn(70, 40, generator=generator).to(dtype)
     labels = torch.arange(70) // 5
-    compare_with_reference("cpu", embeddings, labels, atol=2e-4, grad_atol=1e-2)
+    compare_with_reference("cpu", embeddings, labels, atol=2e-4)
 
 
 def test_batch_hard_exact_ties_and_candidates(variant):
@@ -240,8 +240,7 @@ FEW_ROW_DEPTHS = [1, 17, 256]
 @pytest.mark.parametrize("n", FEW_ROWS)
 def test_few_rows_distance_and_topk(variant, metric, n, m, dim):
     x, y = _pair(n, m, dim)
-    assert_distance_close(reidfast.pairwise_distance(x, y, metric=metric), reference_distance(x, y, metric), metric,
-                          atol=2e-4 * math.sqrt(dim))
+    assert_distance_close(reidfast.pairwise_distance(x, y, metric=metric), reference_distance(x, y, metric), metric, x, y)
     for k in sorted({1, min(20, m), min(m, 300)}):
         check_against_reference("cpu", x, y, k, metric, atol=1e-3 * math.sqrt(dim))
 

@@ -150,6 +150,10 @@ def test_emulated_backend_is_reported():
     if _native.emulating_cuda():
         assert info.available and info.devices == ("cpu",) and info.details["emulated"]
         assert "emulator" in info.reason
+    else:  # a card, or REIDFAST_EMULATE_CUDA=0: the real backend, on CUDA tensors only, never "emulated"
+        assert not info.details.get("emulated") and "emulator" not in info.reason
+        assert info.devices == (("cuda",) if info.available else ())
+        assert info.available == (torch.cuda.is_available() and bool(_native.build_info().get("cuda")))
 
 
 def test_emulation_rejects_device_tensors(monkeypatch):

@@ -1,9 +1,8 @@
-"""Synthetic Market-1501-layout generator: layout, filenames, statistics, determinism, safety, speed."""
+"""Synthetic Market-1501-layout generator: layout, filenames, statistics, determinism, safety (its speed: benchmarks/test_bench_synthetic.py)."""
 from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -142,17 +141,14 @@ def test_invalid_arguments(tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_tiny_run_is_fast(tmp_path):
-    t = time.perf_counter()
+def test_tiny_run(tmp_path):
     stats = make_synthetic_reid(tmp_path / "tiny", num_train_ids=5, num_test_ids=5, num_cameras=2, image_size=(32, 16))
-    assert time.perf_counter() - t < 5.0
     assert stats["num_query_images"] == 5
+    assert stats["num_train_ids"] == 5 and stats["num_test_ids"] == 5 and stats["num_cameras"] == 2
 
 
-def test_default_size_generates_quickly(tmp_path):
-    t = time.perf_counter()
+def test_default_size(tmp_path):
+    """The defaults README documents (its generation time: benchmarks/test_bench_synthetic.py)."""
     stats = make_synthetic_reid(tmp_path / "default")
-    elapsed = time.perf_counter() - t
-    assert elapsed < 30.0, elapsed  # "well under a minute" on 2 cores; ~1.5 s measured
     assert stats["num_train_ids"] == 100 and stats["num_test_ids"] == 100 and stats["num_cameras"] == 6
     assert stats["image_size"] == [128, 64]

@@ -1,10 +1,13 @@
-"""The forward Triton kernels (distance, top-k, batch-hard mining) compiled as a card would compile them
-(sm_90 cubin, in a process without TRITON_INTERPRET): the other tests run them in the interpreter, which
-accepts constructs the compiler rejects. Also: their autotuning keys name real arguments, and are bucketed."""
+"""The Triton kernels compiled as a card would compile them (sm_90 cubin, in a process without
+TRITON_INTERPRET): the other tests run them in the interpreter, which accepts constructs the compiler rejects.
+Their compiled IR must do all address arithmetic that involves a runtime size or stride in 64 bits (Triton
+types integer arguments below 2**31 as i32, so `rows * stride` wraps once N * D or N * M reaches 2**31).
+Also: their autotuning keys name real arguments, and are bucketed."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,32 +15,53 @@ from pathlib import Path
 import pytest
 import torch
 
+import reidfast
 from reidfast.kernels.triton import common, topk, triplet
 
-_COMPILE_SCRIPT = r"""
+_COMPILE_SCRIPT = r'''
+import sys
+from pathlib import Path
+
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from reidfast.kernels.triton import distance, topk, triplet
+from reidfast.kernels.triton import distance, topk, triplet, triplet_backward
 
-def compile_kernel(kernel, signature, constants):
-    signature = dict(signature, **{name: "constexpr" for name in constants})
+out_dir = Path(sys.argv[1])
+
+
+@triton.jit
+def planted_32bit_offsets_kernel(x_ptr, out_ptr, n, row_stride, BLOCK: tl.constexpr):
+    """What the audit must catch: rows * row_stride in int32."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    values = tl.load(x_ptr + rows * row_stride, mask=rows < n, other=0.0)
+    tl.store(out_ptr + rows, values, mask=rows < n)
+
+
+def compile_kernel(name, kernel, signature, constants):
+    signature = dict(signature, **{key: "constexpr" for key in constants})
     compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
     assert compiled.asm["cubin"], (kernel, signature, constants)
+    (out_dir / (name + ".ttir")).write_text(compiled.asm["ttir"])
+
 
 ints = lambda *names: {name: "i32" for name in names}
+compile_kernel("planted", planted_32bit_offsets_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32", **ints("n", "row_stride")},
+               dict(BLOCK=64))
 for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("fp16", "ieee"), ("bf16", "ieee")):
-    compile_kernel(distance._pairwise_distance_kernel,
+    tag = dtype + "_" + precision
+    compile_kernel("distance_" + tag, distance._pairwise_distance_kernel,
                    {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, "out_ptr": "*fp32",
                     **ints("n", "m", "dim", "x_row_stride", "y_row_stride")},
                    dict(METRIC=0, SAME_INPUT=False, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False,
                         BLOCK_N=64, BLOCK_M=64, BLOCK_D=32))
-    compile_kernel(topk._topk_distance_kernel,
+    compile_kernel("topk_" + tag, topk._topk_distance_kernel,
                    {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, "values_ptr": "*fp32", "indices_ptr": "*i64",
                     **ints("n", "m", "dim", "k", "x_row_stride", "y_row_stride", "tune_n", "tune_m", "tune_dim")},
                    dict(METRIC=2, SAME_INPUT=True, EXCLUDE_SELF=True, FP64=False, INPUT_PRECISION=precision,
                         UPCAST_DOT=False, SWAP_BY_PERMUTE=False, K_PAD=32, BLOCK_N=32, BLOCK_M=64, BLOCK_D=32))
-    compile_kernel(triplet._batch_hard_mine_kernel,
+    compile_kernel("mine_" + tag, triplet._batch_hard_mine_kernel,
                    {"anchors_ptr": "*" + dtype, "candidates_ptr": "*" + dtype, "anchor_labels_ptr": "*i64",
                     "candidate_labels_ptr": "*i64", "anchor_index_ptr": "*i64", "dist_ap_ptr": "*fp32",
                     "dist_an_ptr": "*fp32", "positive_index_ptr": "*i64", "negative_index_ptr": "*i64",
@@ -45,17 +69,99 @@ for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("fp16", "ieee"), (
                            "tune_anchors", "tune_candidates", "tune_dim")},
                    dict(METRIC=0, SAME_INPUT=True, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False,
                         BLOCK_B=64, BLOCK_C=64, BLOCK_D=32))
+# The configurations tests/test_triplet_backward_kernels.py compiles too (Triton's cache serves the second):
+# cosine with a separate candidate gradient, euclidean on the anchors alone.
+for dtype, metric, flag in (("fp32", 2, True), ("bf16", 0, False)):
+    compile_kernel(f"backward_pairs_{metric}", triplet_backward._pair_coefficients_kernel,
+                   {"anchors_ptr": "*" + dtype, "candidates_ptr": "*" + dtype, "positive_ptr": "*i64",
+                    "negative_ptr": "*i64", "dist_ap_ptr": "*fp32", "dist_an_ptr": "*fp32", "grad_ap_ptr": "*fp32",
+                    "grad_an_ptr": "*fp32", "coefficients_ptr": "*fp32", "grad_anchors_ptr": "*" + dtype,
+                    **ints("num_anchors", "dim", "anchor_row_stride", "candidate_row_stride", "grad_row_stride")},
+                   dict(METRIC=metric, FP64=False, WRITE_ANCHOR_GRAD=flag, BLOCK_B=32, BLOCK_D=128))
+    compile_kernel(f"backward_rows_{metric}", triplet_backward._chosen_rows_kernel,
+                   {"anchors_ptr": "*" + dtype, "rows_ptr": "*" + dtype, "positive_ptr": "*i64", "negative_ptr": "*i64",
+                    "coefficients_ptr": "*fp32", "entry_order_ptr": "*i64", "entry_offsets_ptr": "*i64",
+                    "grad_ptr": "*" + dtype, **ints("num_anchors", "dim", "anchor_row_stride", "row_stride", "grad_row_stride")},
+                   dict(METRIC=metric, FP64=False, ANCHOR_PART=flag, BLOCK_E=4, BLOCK_D=256))
 print("compiled")
-"""
+'''
+
+_DEFINITION = re.compile(r"^\s*(%[\w.$-]+)(?::\d+)? = (\S+)(.*)$")
+_VALUE = re.compile(r"%[\w.$-]+")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a card the kernels run (and compile) in the other tests")
-def test_forward_kernels_compile_for_sm90_without_a_card():
+def narrow_address_products(ttir: str) -> list[str]:
+    """The 32-bit integer multiplications that involve a kernel argument (a runtime size or stride) and feed
+    an address (a tt.addptr offset), as TTIR lines. program_id * BLOCK is fine (no argument), so is
+    rows.to(int64) * stride (64-bit); rows * stride in i32 is not."""
+    header = re.search(r"tt\.func public @\w+\((.*?)\) attributes", ttir, re.S)
+    arguments = set(re.findall(r"(%[\w.$-]+): i(?:32|64)", header.group(1)))
+    definitions: dict[str, tuple[str, list[str], str]] = {}
+    address_offsets = []
+    for line in ttir.splitlines():
+        match = _DEFINITION.match(line)
+        if not match:
+            continue
+        name, op, rest = match.groups()
+        operands = _VALUE.findall(rest.split(" : ")[0].split(" loc(")[0])
+        definitions[name] = (op, operands, line.strip())
+        if op == "tt.addptr":
+            address_offsets.append(operands[1])
+
+    def slice_of(value: str) -> set[str]:
+        seen, stack = set(), [value.split("#")[0]]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current in definitions:
+                stack.extend(operand.split("#")[0] for operand in definitions[current][1])
+        return seen
+
+    bad = []
+    for offset in address_offsets:
+        for value in slice_of(offset):
+            op, operands, line = definitions.get(value, ("", [], ""))
+            is_narrow = re.search(r":\s*(tensor<[\dx]*xi32>|i32)\s+loc", line) is not None
+            if op == "arith.muli" and is_narrow and any(slice_of(o) & arguments for o in operands):
+                bad.append(line)
+    return sorted(set(bad))
+
+
+@pytest.fixture(scope="module")
+def compiled_ttir(tmp_path_factory) -> dict[str, str]:
+    """TTIR of every Triton kernel (and of one planted 32-bit kernel), compiled for sm_90 without a card."""
+    if torch.cuda.is_available():
+        pytest.skip("with a card the kernels run (and compile) in the other tests")
     pytest.importorskip("triton.backends.nvidia")
+    out_dir = tmp_path_factory.mktemp("ttir")
+    script = out_dir / "compile_kernels.py"  # a file: triton.jit reads the kernels' source
+    script.write_text(_COMPILE_SCRIPT)
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=environment, capture_output=True, text=True,
-                            timeout=900)
+    # the script lives in a temporary folder: point it at the reidfast this test imported
+    package_root = str(Path(reidfast.__file__).resolve().parents[1])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, str(script), str(out_dir)], env=environment, capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+    return {path.stem: path.read_text() for path in Path(out_dir).glob("*.ttir")}
+
+
+def test_kernels_compile_for_sm90_without_a_card(compiled_ttir):
+    kernels = {name.split("_")[0] for name in compiled_ttir}
+    assert kernels == {"planted", "distance", "topk", "mine", "backward"}, sorted(compiled_ttir)
+
+
+def test_address_arithmetic_with_sizes_and_strides_is_64_bit(compiled_ttir):
+    for name, ttir in sorted(compiled_ttir.items()):
+        if name != "planted":
+            assert narrow_address_products(ttir) == [], f"{name}: 32-bit offset products"
+
+
+def test_the_offset_audit_catches_a_32_bit_row_times_stride(compiled_ttir):
+    found = narrow_address_products(compiled_ttir["planted"])
+    assert len(found) == 1 and "arith.muli" in found[0], found
 
 
 def test_each_call_tunes_over_its_dot_paths_configs():

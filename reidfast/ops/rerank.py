@@ -37,6 +37,7 @@ import torch
 
 from .. import _native
 from .._arrays import as_tensor, check_same_device, has_nonfinite, to_caller
+from .._checks import check_distance_shapes, check_rerank_distances, check_rerank_features, check_rerank_parameters
 from .._dispatch import Op, use_backend
 from ..reference import rerank as reference
 from ..reference import distance as reference_distance
@@ -239,7 +240,7 @@ def _real_matrix(value: Any, name: str, what: str) -> torch.Tensor:
 
 
 def _device_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any) -> tuple[torch.Tensor, ...]:
-    """reference._check_distances on the inputs' device: float32 (all float64 if one is), finite, shapes."""
+    """check_rerank_distances on the inputs' device: float32 (all float64 if one is), finite, shapes."""
     tensors = {}
     for name, value in (("q_g_dist", q_g_dist), ("q_q_dist", q_q_dist), ("g_g_dist", g_g_dist)):
         tensor = _real_matrix(value, name, "a 2-D distance matrix")
@@ -249,7 +250,7 @@ def _device_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any) -> tuple[torc
         tensors[name] = tensor
     check_same_device(**tensors)
     q_g, q_q, g_g = tensors["q_g_dist"], tensors["q_q_dist"], tensors["g_g_dist"]
-    reference.check_distance_shapes(q_g, q_q, g_g)
+    check_distance_shapes(q_g, q_q, g_g)
     num_query, num_gallery = q_g.shape
     if torch.float64 in (q_g.dtype, q_q.dtype, g_g.dtype):  # the published np.concatenate promotes to float64
         q_g, q_q, g_g = (t.to(torch.float64) for t in (q_g, q_q, g_g))
@@ -257,7 +258,7 @@ def _device_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any) -> tuple[torc
 
 
 def _device_features(value: Any, name: str) -> torch.Tensor:
-    """reference._check_features on the input's device: a contiguous float32 (N, D) tensor of finite numbers."""
+    """check_rerank_features on the input's device: a contiguous float32 (N, D) tensor of finite numbers."""
     tensor = _real_matrix(value, name, "a 2-D (N, D) feature matrix").to(torch.float32).contiguous()
     if has_nonfinite(tensor):
         raise ValueError(f"{name} contains NaN or Inf")
@@ -331,14 +332,14 @@ def re_ranking_distances(
     backend, implementation = RE_RANKING.select(_device_of(q_g_dist))
     if backend in _DEVICE_RESIDENT:
         q_g, q_q, g_g = _device_distances(q_g_dist, q_q_dist, g_g_dist)
-        k1, k2, lambda_value = reference._check_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
+        k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
         result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress)
         return to_caller(result, library)
     q_g, device = _host_array(q_g_dist)
     q_q, _ = _host_array(q_q_dist)
     g_g, _ = _host_array(g_g_dist)
-    q_g, q_q, g_g = reference._check_distances(q_g, q_q, g_g)
-    k1, k2, lambda_value = reference._check_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
+    q_g, q_q, g_g = check_rerank_distances(q_g, q_q, g_g)
+    k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
     if np.float64 in (q_g.dtype, q_q.dtype, g_g.dtype):  # the published np.concatenate promotes to float64
         q_g, q_q, g_g = (a.astype(np.float64, copy=False) for a in (q_g, q_q, g_g))
     result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress)
@@ -375,14 +376,14 @@ def re_ranking(
     else:
         query_host, device = _host_array(query_features)
         gallery_host, _ = _host_array(gallery_features)
-        query = reference._check_features(query_host, "query_features")
-        gallery = reference._check_features(gallery_host, "gallery_features")
+        query = check_rerank_features(query_host, "query_features")
+        gallery = check_rerank_features(gallery_host, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(
             "query_features and gallery_features must have the same feature dimension, "
             f"got {query.shape[1]} and {gallery.shape[1]}"
         )
-    k1, k2, lambda_value = reference._check_parameters(k1, k2, lambda_value, query.shape[0] + gallery.shape[0])
+    k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, query.shape[0] + gallery.shape[0])
     if backend in _DEVICE_RESIDENT:
         check_same_device(query_features=query, gallery_features=gallery)
         result = _run(implementation, "features", (query, gallery, metric), k1, k2, lambda_value, chunk_size, progress)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native
+from .._checks import validate_triplet_arguments
 from .._dispatch import Op
 from ..reference import distance as reference_distance
 from ..reference import triplet as reference
@@ -322,7 +323,7 @@ def batch_hard_triplet_loss(
     for reduction="none", and with return_details=True also a TripletDetails (indices, d_ap, d_an, valid,
     num_valid, fraction_active).
     """
-    candidates, candidate_labels, anchor_index, against_batch = reference.validate_arguments(
+    candidates, candidate_labels, anchor_index, against_batch = validate_triplet_arguments(
         embeddings, labels, margin, metric, reduction, candidates, candidate_labels, anchor_index
     )
     dtype = torch.promote_types(embeddings.dtype, candidates.dtype)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reidfast._checks import check_some_query_valid
+
 __all__ = ["EvaluationResult", "evaluate_market1501", "evaluate_cuhk03"]
 
 
@@ -80,7 +82,7 @@ def evaluate_market1501(
         average_precisions.append(_average_precision(matches))
         inverse_negative_penalties.append(_inverse_negative_penalty(matches))
     num_valid = len(average_precisions)
-    _check_some_query_valid(num_valid)
+    check_some_query_valid(num_valid)
     # float64 division then rounding to float32 equals torchreid's float32 division (innocuous double rounding).
     return _result(cmc_hits / num_valid, average_precisions, inverse_negative_penalties, num_skipped)
 
@@ -131,7 +133,7 @@ def evaluate_cuhk03(
         average_precisions.append(_average_precision(matches))
         inverse_negative_penalties.append(_inverse_negative_penalty(matches))
     num_valid = len(average_precisions)
-    _check_some_query_valid(num_valid)
+    check_some_query_valid(num_valid)
     return _result(cmc_sum / num_valid, average_precisions, inverse_negative_penalties, num_skipped)
 
 
@@ -195,14 +197,6 @@ def _result(
         average_precision=per_query_ap,
         inverse_negative_penalty=per_query_inp,
     )
-
-
-def _check_some_query_valid(num_valid: int) -> None:
-    if num_valid == 0:
-        raise ValueError(
-            "all queries have no valid gallery match (after removing gallery items with the same pid and "
-            "camid as the query, no gallery item shares the query's pid); check q_pids/g_pids and camids"
-        )
 
 
 def cut_max_rank(max_rank: int, num_gallery: int) -> int:

@@ -32,11 +32,10 @@ Where this differs from the published code (on purpose):
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 
+from reidfast._checks import check_rerank_distances, check_rerank_features, check_rerank_parameters
 from reidfast.reference.distance import pairwise_distance
 
 __all__ = ["re_ranking", "re_ranking_features"]
@@ -66,10 +65,10 @@ def re_ranking(
         (Q, G) float32 array: jaccard * (1 - lambda_value) + normalised squared distance * lambda_value,
         in [0, 1] up to float32 rounding (an overlap that rounds above 1 gives about -2e-7).
     """
-    q_g, q_q, g_g = _check_distances(q_g_dist, q_q_dist, g_g_dist)
+    q_g, q_q, g_g = check_rerank_distances(q_g_dist, q_q_dist, g_g_dist)
     num_query, num_gallery = q_g.shape
     num_all = num_query + num_gallery
-    k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value, num_all)
+    k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, num_all)
 
     # Step 1: joint N x N matrix, squared in the input precision, then float32; column-max normalised and
     # transposed, exactly as published (for asymmetric input row i uses column i's maximum).
@@ -151,8 +150,8 @@ def re_ranking_features(
     """
     if metric not in RERANK_METRICS:
         raise ValueError(f"metric must be one of {RERANK_METRICS}, got {metric!r}")
-    query = _check_features(query_features, "query_features")
-    gallery = _check_features(gallery_features, "gallery_features")
+    query = check_rerank_features(query_features, "query_features")
+    gallery = check_rerank_features(gallery_features, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(
             "query_features and gallery_features must have the same feature dimension, "
@@ -164,80 +163,3 @@ def re_ranking_features(
         q_q = pairwise_distance(query_t, query_t, metric=metric).numpy()
         g_g = pairwise_distance(gallery_t, gallery_t, metric=metric).numpy()
     return re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
-
-
-def _has_nonfinite(array: np.ndarray, block_elements: int = 1 << 24) -> bool:
-    """np.isfinite(array).all() is False, tested a block of rows at a time (no N x N boolean mask)."""
-    step = max(1, block_elements // max(1, array.shape[1]))
-    return any(not np.isfinite(array[s:s + step]).all() for s in range(0, array.shape[0], step))
-
-
-def check_distance_shapes(q_g, q_q, g_g) -> None:
-    """q_q (Q, Q) and g_g (G, G) must match q_g (Q, G) (numpy arrays or tensors); ValueError naming the argument."""
-    num_query, num_gallery = q_g.shape
-    if tuple(q_q.shape) != (num_query, num_query):
-        raise ValueError(
-            f"q_q_dist must have shape (Q, Q) = {(num_query, num_query)} to match q_g_dist {tuple(q_g.shape)}, "
-            f"got {tuple(q_q.shape)}"
-        )
-    if tuple(g_g.shape) != (num_gallery, num_gallery):
-        raise ValueError(
-            f"g_g_dist must have shape (G, G) = {(num_gallery, num_gallery)} to match q_g_dist "
-            f"{tuple(q_g.shape)}, got {tuple(g_g.shape)}"
-        )
-
-
-def _check_distances(
-    q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """As floating arrays (float64 kept, anything else float32), with shapes (Q,G), (Q,Q), (G,G) checked."""
-    arrays = {}
-    for name, value in (("q_g_dist", q_g_dist), ("q_q_dist", q_q_dist), ("g_g_dist", g_g_dist)):
-        array = np.asarray(value)
-        if array.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D distance matrix, got shape {array.shape}")
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-            raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-        dtype = np.float64 if array.dtype == np.float64 else np.float32
-        array = array.astype(dtype, copy=False)
-        if _has_nonfinite(array):
-            raise ValueError(f"{name} contains NaN or Inf; re-ranking needs finite distances")
-        arrays[name] = array
-    q_g, q_q, g_g = arrays["q_g_dist"], arrays["q_q_dist"], arrays["g_g_dist"]
-    check_distance_shapes(q_g, q_q, g_g)
-    return q_g, q_q, g_g
-
-
-def _check_parameters(k1: int, k2: int, lambda_value: float, num_all: int) -> tuple[int, int, float]:
-    """1 <= k2 <= k1 < num_all integers and lambda_value in [0, 1], as plain python numbers."""
-    for name, value in (("k1", k1), ("k2", k2)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    k1, k2 = int(k1), int(k2)
-    if not 1 <= k1 < num_all:
-        raise ValueError(
-            f"k1 must satisfy 1 <= k1 < Q + G = {num_all} (the number of queries plus gallery items), got {k1}"
-        )
-    if not 1 <= k2 <= k1:
-        raise ValueError(f"k2 must satisfy 1 <= k2 <= k1 = {k1}, got {k2}")
-    if isinstance(lambda_value, (bool, np.bool_)) or not isinstance(lambda_value, numbers.Real):
-        raise ValueError(f"lambda_value must be a real number in [0, 1], got {lambda_value!r}")
-    lambda_value = float(lambda_value)  # a python float keeps the float32 arithmetic in float32
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
-    return k1, k2, lambda_value
-
-
-def _check_features(features: np.ndarray, name: str) -> np.ndarray:
-    """A C-contiguous float32 (N, D) array of finite numbers."""
-    if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().numpy()
-    array = np.asarray(features)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) feature matrix, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    return array

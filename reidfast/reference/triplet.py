@@ -33,13 +33,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reidfast._arrays import has_nonfinite
-from reidfast.reference.distance import METRICS, accumulation_dtype, pairwise_distance
+from reidfast._checks import NO_INDEX, SOFT_MARGIN, validate_triplet_arguments
+from reidfast.reference.distance import accumulation_dtype, pairwise_distance
 
-REDUCTIONS = ("mean", "sum", "none")
-SOFT_MARGIN = "soft"
 NORMALIZE_EPS = 1e-12
-NO_INDEX = -1
 
 
 @dataclass
@@ -67,47 +64,6 @@ class TripletDetails:
     fraction_active: float
 
 
-def _is_integer_dtype(dtype: torch.dtype) -> bool:
-    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
-
-
-def _check_margin(margin: float | str) -> None:
-    if isinstance(margin, str):
-        if margin != SOFT_MARGIN:
-            raise ValueError(f"margin must be a non-negative number or {SOFT_MARGIN!r}, got {margin!r}")
-        return
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise ValueError(f"margin must be a non-negative number or {SOFT_MARGIN!r}, got {margin!r}")
-    if not math.isfinite(margin) or margin < 0:
-        raise ValueError(f"margin must be a finite non-negative number or {SOFT_MARGIN!r}, got {margin!r}")
-
-
-def _check_features(
-    name: str, features: torch.Tensor, device: torch.device | None = None, check_values: bool = True
-) -> None:
-    if not isinstance(features, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
-    if device is not None and features.device != device:
-        raise ValueError(f"{name} is on {features.device} but embeddings are on {device}")
-    if features.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(features.shape)}")
-    if not features.dtype.is_floating_point:
-        raise ValueError(f"{name} must be floating point, got {features.dtype}")
-    if check_values and has_nonfinite(features):
-        raise ValueError(f"{name} contains NaN or Inf")
-
-
-def _check_labels(name: str, labels: torch.Tensor, expected_length: int, device: torch.device) -> None:
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() != 1 or not _is_integer_dtype(labels.dtype):
-        raise ValueError(f"{name} must be a 1-D integer tensor, got shape {tuple(labels.shape)} {labels.dtype}")
-    if labels.shape[0] != expected_length:
-        raise ValueError(f"{name} has length {labels.shape[0]}, expected {expected_length}")
-    if labels.device != device:
-        raise ValueError(f"{name} is on {labels.device} but embeddings are on {device}")
-
-
 def _first_extreme_index(distances: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
     """Per row of distances (B, C), the smallest column index holding the max (largest=True) or min of
     the entries where mask (B, C) is True -> (B,) int64, -1 for rows without such an entry."""
@@ -131,66 +87,9 @@ def hardest_pairs(
     same_label = labels[:, None] == candidate_labels[None, :]
     columns = torch.arange(distances.shape[1], device=distances.device)
     is_positive = same_label & (columns[None, :] != anchor_index[:, None])
-    # The anchor's own column carries its label (validate_arguments checks it), so it is never a negative.
+    # The anchor's own column carries its label (validate_triplet_arguments checks it), so it is never a negative.
     return (_first_extreme_index(distances, is_positive, largest=True),
             _first_extreme_index(distances, ~same_label, largest=False))
-
-
-def validate_arguments(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | str,
-    metric: str,
-    reduction: str,
-    candidates: torch.Tensor | None,
-    candidate_labels: torch.Tensor | None,
-    anchor_index: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """Check every argument (ValueError naming it) -> (candidates, candidate_labels, anchor_index, against_batch).
-
-    anchor_index comes back as a (B,) int64 tensor (-1: absent): arange(B) when scoring against the batch,
-    all -1 for explicit candidates without one. Shared by every backend. Data-dependent checks (NaN/Inf,
-    anchor_index values) are skipped while torch.compile traces, since they need a host sync.
-    """
-    tracing = torch.compiler.is_compiling()
-    _check_features("embeddings", embeddings, check_values=not tracing)
-    device = embeddings.device
-    num_anchors = embeddings.shape[0]
-    _check_labels("labels", labels, num_anchors, device)
-    _check_margin(margin)
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if (candidates is None) != (candidate_labels is None):
-        missing = "candidate_labels" if candidate_labels is None else "candidates"
-        raise ValueError(f"candidates and candidate_labels must be given together; {missing} is missing")
-
-    against_batch = candidates is None
-    if against_batch:
-        candidates, candidate_labels = embeddings, labels
-    else:
-        _check_features("candidates", candidates, device, check_values=not tracing)
-        if candidates.shape[1] != embeddings.shape[1]:
-            raise ValueError(
-                f"candidates have dimension {candidates.shape[1]}, embeddings have {embeddings.shape[1]}"
-            )
-        _check_labels("candidate_labels", candidate_labels, candidates.shape[0], device)
-    num_candidates = candidates.shape[0]
-
-    if anchor_index is None:
-        if against_batch:
-            return candidates, candidate_labels, torch.arange(num_anchors, device=device), True
-        return candidates, candidate_labels, torch.full((num_anchors,), NO_INDEX, device=device), False
-    _check_labels("anchor_index", anchor_index, num_anchors, device)
-    if not tracing:
-        if bool(((anchor_index < NO_INDEX) | (anchor_index >= num_candidates)).any()):
-            raise ValueError(f"anchor_index values must lie in [-1, {num_candidates}), the candidate columns")
-        present = anchor_index >= 0
-        # A present anchor must carry its own label; a mismatch means the indices are misaligned.
-        if bool((labels[present] != candidate_labels[anchor_index[present]]).any()):
-            raise ValueError("anchor_index points at candidates whose label differs from the anchor's label")
-    return candidates, candidate_labels, anchor_index, against_batch
 
 
 def batch_hard_triplet_loss(
@@ -214,7 +113,7 @@ def batch_hard_triplet_loss(
     Returns a scalar (reduction mean|sum) or (B,) (none), float32 (float64 if an input is float64);
     with return_details=True, (loss, TripletDetails).
     """
-    candidates, candidate_labels, anchor_index, _ = validate_arguments(
+    candidates, candidate_labels, anchor_index, _ = validate_triplet_arguments(
         embeddings, labels, margin, metric, reduction, candidates, candidate_labels, anchor_index
     )
     num_candidates = candidates.shape[0]

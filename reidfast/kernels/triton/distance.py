@@ -29,6 +29,9 @@ def _pairwise_distance_kernel(
     cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n
     col_ok = cols < m
+    # int64 offsets: row * stride and row * m pass 2**31 on large inputs (a 46,341 x 46,341 output).
+    x_offsets = rows.to(tl.int64) * x_row_stride
+    y_offsets = cols.to(tl.int64) * y_row_stride
     acc_type = tl.float64 if FP64 else tl.float32
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=acc_type)
     x_norm = tl.zeros((BLOCK_N,), dtype=acc_type)
@@ -36,9 +39,9 @@ def _pairwise_distance_kernel(
     for start in range(0, dim, BLOCK_D):
         feats = start + tl.arange(0, BLOCK_D)
         feat_ok = feats < dim
-        x_tile = tl.load(x_ptr + rows[:, None] * x_row_stride + feats[None, :],
+        x_tile = tl.load(x_ptr + x_offsets[:, None] + feats[None, :],
                          mask=row_ok[:, None] & feat_ok[None, :], other=0.0)
-        y_tile = tl.load(y_ptr + cols[:, None] * y_row_stride + feats[None, :],
+        y_tile = tl.load(y_ptr + y_offsets[:, None] + feats[None, :],
                          mask=col_ok[:, None] & feat_ok[None, :], other=0.0)
         x_wide = x_tile.to(acc_type)
         y_wide = y_tile.to(acc_type)
@@ -62,7 +65,7 @@ def _pairwise_distance_kernel(
             dist = tl.maximum(squared, 0.0)
         else:
             dist = correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
-    out_offsets = rows[:, None] * m + cols[None, :]
+    out_offsets = rows.to(tl.int64)[:, None] * m + cols[None, :]
     tl.store(out_ptr + out_offsets, dist.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 

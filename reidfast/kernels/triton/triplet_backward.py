@@ -73,8 +73,9 @@ def _pair_coefficients_kernel(
     has_negative = negative >= 0
     grad_p = tl.where(has_positive, tl.load(grad_ap_ptr + rows, mask=row_ok, other=0.0).to(acc_type), 0.0)
     grad_n = tl.where(has_negative, tl.load(grad_an_ptr + rows, mask=row_ok, other=0.0).to(acc_type), 0.0)
-    # int64 offsets: row * stride can pass 2**31 on large galleries.
+    # int64 offsets: row * stride can pass 2**31 on large galleries, and so can the 7 B coefficient slots.
     anchor_offsets = rows.to(tl.int64) * anchor_row_stride
+    plane = tl.cast(num_anchors, tl.int64)
     positive_offsets = tl.maximum(positive, 0) * candidate_row_stride
     negative_offsets = tl.maximum(negative, 0) * candidate_row_stride
 
@@ -129,12 +130,12 @@ def _pair_coefficients_kernel(
         negative_on_row = tl.zeros((BLOCK_B,), dtype=acc_type)
 
     tl.store(coefficients_ptr + rows, on_anchor, mask=row_ok)
-    tl.store(coefficients_ptr + num_anchors + rows, on_positive, mask=row_ok)
-    tl.store(coefficients_ptr + 2 * num_anchors + rows, on_negative, mask=row_ok)
-    tl.store(coefficients_ptr + 3 * num_anchors + rows, positive_on_anchor, mask=row_ok)
-    tl.store(coefficients_ptr + 4 * num_anchors + rows, negative_on_anchor, mask=row_ok)
-    tl.store(coefficients_ptr + 5 * num_anchors + rows, positive_on_row, mask=row_ok)
-    tl.store(coefficients_ptr + 6 * num_anchors + rows, negative_on_row, mask=row_ok)
+    tl.store(coefficients_ptr + plane + rows, on_positive, mask=row_ok)
+    tl.store(coefficients_ptr + 2 * plane + rows, on_negative, mask=row_ok)
+    tl.store(coefficients_ptr + 3 * plane + rows, positive_on_anchor, mask=row_ok)
+    tl.store(coefficients_ptr + 4 * plane + rows, negative_on_anchor, mask=row_ok)
+    tl.store(coefficients_ptr + 5 * plane + rows, positive_on_row, mask=row_ok)
+    tl.store(coefficients_ptr + 6 * plane + rows, negative_on_row, mask=row_ok)
 
     if WRITE_ANCHOR_GRAD:
         grad_offsets = rows.to(tl.int64) * grad_row_stride
@@ -163,12 +164,13 @@ def _chosen_rows_kernel(
     first = tl.load(entry_offsets_ptr + row)
     last = tl.load(entry_offsets_ptr + row + 1)
     row_offset = row * row_stride
+    plane = tl.cast(num_anchors, tl.int64)  # coefficient slot k of anchor i is k * B + i: int64, as row
     if ANCHOR_PART:  # the rows are the anchors too: row j's own pairs (cosine: on_anchor; else unused)
         positive = tl.load(positive_ptr + row)
         negative = tl.load(negative_ptr + row)
         on_anchor = tl.load(coefficients_ptr + row)
-        on_positive = tl.load(coefficients_ptr + num_anchors + row)
-        on_negative = tl.load(coefficients_ptr + 2 * num_anchors + row)
+        on_positive = tl.load(coefficients_ptr + plane + row)
+        on_negative = tl.load(coefficients_ptr + 2 * plane + row)
         positive_offset = tl.maximum(positive, 0) * row_stride
         negative_offset = tl.maximum(negative, 0) * row_stride
     for start in range(0, dim, BLOCK_D):
@@ -182,11 +184,11 @@ def _chosen_rows_kernel(
             slot_ok = slots < last
             entry = tl.load(entry_order_ptr + slots, mask=slot_ok, other=0)
             anchor = tl.where(entry >= num_anchors, entry - num_anchors, entry)
-            entry_on_anchor = tl.load(coefficients_ptr + 3 * num_anchors + entry, mask=slot_ok, other=0.0)
+            entry_on_anchor = tl.load(coefficients_ptr + 3 * plane + entry, mask=slot_ok, other=0.0)
             a = tl.load(anchors_ptr + anchor[:, None] * anchor_row_stride + feats[None, :],
                         mask=slot_ok[:, None] & feat_ok[None, :], other=0.0).to(acc_type)
             if METRIC == 2:
-                entry_on_row = tl.load(coefficients_ptr + 5 * num_anchors + entry, mask=slot_ok, other=0.0)
+                entry_on_row = tl.load(coefficients_ptr + 5 * plane + entry, mask=slot_ok, other=0.0)
                 total += tl.sum(entry_on_anchor[:, None] * a + entry_on_row[:, None] * own[None, :], axis=0)
             else:
                 total += tl.sum(entry_on_anchor[:, None] * (a - own[None, :]), axis=0)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._checks import check_some_query_valid
 from ...reference import evaluation as reference
 
 PROTOCOLS = ("market1501", "cuhk03")
@@ -100,7 +101,7 @@ def aggregate(
     """
     valid = first_match_rank > 0
     num_valid = int(valid.sum())
-    reference._check_some_query_valid(num_valid)
+    check_some_query_valid(num_valid)
     if sampling is None:
         first_ranks = np.minimum(first_match_rank[valid], max_rank + 1)
         cmc_hits = np.cumsum(np.bincount(first_ranks, minlength=max_rank + 2)[1 : max_rank + 1])
