@@ -121,7 +121,9 @@ def follow_torch_threads() -> None:
     and a training loop that calls both would oversubscribe the cores. Costs a cached comparison per call."""
     threads = torch.get_num_threads()
     if getattr(_thread_state, "threads", None) != threads:
-        _C.set_num_threads(threads)
+        setter = getattr(_C, "set_num_threads", None)  # None in a module built before it existed
+        if setter is not None:
+            setter(threads)
         _thread_state.threads = threads
 
 
