@@ -39,14 +39,16 @@ def _load_cuda_emulator() -> Any:
     """The CUDA kernels compiled for a CPU emulator (csrc/cuda_emulator), for tests without a GPU; another
     build of it (the AddressSanitizer one of scripts/memcheck_cuda_kernels.sh) from the path in
     REIDFAST_CUDA_EMULATOR_MODULE."""
-    path = os.environ.get("REIDFAST_CUDA_EMULATOR_MODULE")
-    if not path:
-        from . import _cuda_emulator  # type: ignore[attr-defined]
-
-        return _cuda_emulator
     import importlib.util
     import sys
 
+    path = os.environ.get("REIDFAST_CUDA_EMULATOR_MODULE")
+    if not path:
+        if importlib.util.find_spec(f"{__package__}._cuda_emulator") is None:
+            raise ImportError(f"{__package__}._cuda_emulator is not installed (a test tool: never in wheels)")
+        from . import _cuda_emulator  # type: ignore[attr-defined]
+
+        return _cuda_emulator
     spec = importlib.util.spec_from_file_location(f"{__package__}._cuda_emulator", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"REIDFAST_CUDA_EMULATOR_MODULE={path!r} is not a loadable extension module")
