@@ -5,7 +5,10 @@ Environment:
     CMAKE_CUDA_ARCHITECTURES      e.g. "80;90" (the default: Ampere and Hopper) or "90"
     CMAKE_BUILD_PARALLEL_LEVEL    parallel compile jobs (default: all cores)
     CMAKE_ARGS                    extra arguments for the CMake configure step
-    REIDFAST_CUDA_EMULATOR=0      skip reidfast._cuda_emulator (the CUDA kernels on a CPU emulator, for tests)
+    REIDFAST_CUDA_EMULATOR=1      also build reidfast._cuda_emulator (the CUDA kernels on a CPU emulator: a test
+                                  tool, off by default, never in wheels; .ci/run turns it on)
+    REIDFAST_KERNELS_LIBRARY      a prebuilt libreidfast_kernels.a to link instead of compiling the kernels
+                                  (scripts/build_wheels.sh: the kernels once, the pybind11 glue per Python)
     REIDFAST_DEBUG=1              a Debug build
 """
 from __future__ import annotations
@@ -58,8 +61,9 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DREIDFAST_CUDA={_CUDA_MODES[cuda_mode]}",
         ]
-        if not _emulator_enabled():
-            configure.append("-DREIDFAST_CUDA_EMULATOR=OFF")
+        configure.append(f"-DREIDFAST_CUDA_EMULATOR={'ON' if _emulator_enabled() else 'OFF'}")
+        if os.environ.get("REIDFAST_KERNELS_LIBRARY"):
+            configure.append(f"-DREIDFAST_KERNELS_LIBRARY={os.environ['REIDFAST_KERNELS_LIBRARY']}")
         if os.environ.get("CMAKE_CUDA_ARCHITECTURES"):
             configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CMAKE_CUDA_ARCHITECTURES']}")
         if not os.environ.get("CMAKE_GENERATOR") and shutil.which("ninja"):
@@ -77,8 +81,9 @@ class CMakeBuild(build_ext):
 
 
 def _emulator_enabled() -> bool:
-    """Build reidfast._cuda_emulator: on Linux (ucontext / x86-64 stack switch), unless REIDFAST_CUDA_EMULATOR=0."""
-    requested = os.environ.get("REIDFAST_CUDA_EMULATOR", "1").strip().lower() not in ("0", "off", "false")
+    """Build reidfast._cuda_emulator: only when asked (REIDFAST_CUDA_EMULATOR=1), and only on Linux (ucontext /
+    x86-64 stack switch). CMake's option REIDFAST_CUDA_EMULATOR has the same default (OFF)."""
+    requested = os.environ.get("REIDFAST_CUDA_EMULATOR", "0").strip().lower() in ("1", "on", "true")
     return requested and sys.platform.startswith("linux")
 
 

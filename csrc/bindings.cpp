@@ -84,6 +84,15 @@ PYBIND11_MODULE(_C, m) {
   reidfast::bindings::add_array_view(m, /*module_local=*/false);
 
   m.def("build_info", &build_info, "Compiler, OpenMP and CUDA versions this module was built with.");
+  m.def(
+      "set_num_threads",
+      [](int threads) {
+        reidfast::check(threads >= 1, "threads: expected a positive count, got " + std::to_string(threads));
+#ifdef _OPENMP
+        omp_set_num_threads(threads);  // this module's OpenMP runtime, for parallel regions the calling thread starts
+#endif
+      },
+      py::arg("threads"), "The OpenMP thread count of the kernels called from this thread (reidfast follows torch's).");
 
   m.def(
       "distance_epilogue_cpu",

@@ -110,7 +110,7 @@ def _cuda_emulator_info() -> BackendInfo:
     if _native._cuda_emulator is None:
         return BackendInfo(
             "cuda", False, f"REIDFAST_EMULATE_CUDA=1, but the CUDA emulator module is not built "
-            f"({_native.EMULATOR_LOAD_ERROR}); rebuild without REIDFAST_CUDA_EMULATOR=0", details={"emulated": True}
+            f"({_native.EMULATOR_LOAD_ERROR}); rebuild with REIDFAST_CUDA_EMULATOR=1", details={"emulated": True}
         )
     return BackendInfo("cuda", True, "CUDA kernels on the CPU emulator (REIDFAST_EMULATE_CUDA=1; slow, for tests)",
                        ("cpu",), {"emulated": True})
@@ -128,6 +128,10 @@ def _cuda_device_info() -> BackendInfo:
     details = {k: build[k] for k in ("cuda_compiler", "cuda_architectures", "cuda_runtime_version") if k in build}
     if not torch.cuda.is_available():
         return BackendInfo("cuda", False, "CUDA kernels built, but torch sees no CUDA device", details=details)
+    coverage = _native.cuda_device_coverage()  # an uncovered card or too old a driver: fall back, never fail
+    details["coverage"] = coverage.covered_by
+    if not coverage.usable:
+        return BackendInfo("cuda", False, coverage.reason, details=details)
     details["device_count"] = _native._C.cuda_device_count()
     if details["device_count"] == 0:
         return BackendInfo("cuda", False, "CUDA kernels built, but the CUDA runtime finds no device", details=details)

@@ -28,10 +28,35 @@ def _info(_: argparse.Namespace) -> int:
         print("\nnative module build:")
         for key, value in build.items():
             print(f"  {key}: {value}")
+    if build.get("cuda"):
+        _print_gpu_coverage()
     return 0
 
 
+def _print_gpu_coverage() -> None:
+    """The compiled SMs and PTX, the drivers they need, and whether this machine's GPU is covered."""
+    from reidfast import _native
+
+    coverage = _native.cuda_device_coverage()
+    runtime = coverage.runtime_version
+    print("\nCUDA kernels:")
+    print(f"  machine code: {' '.join(f'sm_{sm}' for sm in coverage.machine_code) or 'none'}")
+    print(f"  PTX (JIT-compiled for newer GPUs): {' '.join(f'compute_{v}' for v in coverage.ptx) or 'none'}")
+    if runtime:
+        print(f"  needs a driver for CUDA {_native.format_cuda_version(runtime // 1000 * 1000)} or newer "
+              f"(CUDA {_native.format_cuda_version(runtime)} runtime, linked statically)")
+    driver = _native.format_cuda_version(coverage.driver_version) if coverage.driver_version else "none found"
+    capability = ".".join(map(str, coverage.device_capability)) if coverage.device_capability else "none visible to torch"
+    print(f"  this GPU: compute capability {capability}; driver supports CUDA {driver}")
+    verdict = f"covered by {coverage.covered_by}" if coverage.usable else "not used"
+    print(f"  {verdict}: {coverage.reason}")
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from reidfast._optional import require
+
+    for module in ("PIL", "matplotlib", "sklearn"):  # fail before the dataset is written, not after training
+        require(module, "reidfast demo")
     from reidfast.demo import DEMO_DATASET, run_demo
     from reidfast.train import _resolve_device
 
@@ -213,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, ImportError) as error:
         parser.exit(2, f"reidfast {args.command}: error: {error}\n")
 
 

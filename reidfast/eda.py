@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._optional import require
+
 __all__ = ["dataset_statistics", "split_statistics", "gini", "write_eda_report"]
 
 REPORT_FILES = ("report.md", "images_per_identity.png", "identities_per_camera.png", "image_sizes.png")
@@ -32,7 +34,7 @@ def gini(counts: Iterable[float]) -> float:
 
 
 def _image_sizes(records: Sequence[Any], sample: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    from PIL import Image
+    Image = require("PIL.Image", "reading image sizes")
 
     if not records or sample <= 0:
         return []
@@ -164,6 +166,7 @@ def _plots(stats: Mapping[str, Any], out: Path, paths: dict[str, Path]) -> None:
 
 
 def _examples(records_by_split: Mapping[str, Sequence[Any]], path: Path, per_split: int = 10) -> None:
+    require("PIL", "drawing the sample-image grid")
     from PIL import Image, ImageDraw
 
     cw, ch, pad = 64, 128, 4

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ._arrays import as_tensor
+from ._optional import require
 from .ops.distance import pairwise_distance
 from .ops.evaluate_features import evaluate_features
 from .ops.evaluation import PROTOCOLS, RankingResult, _count_nan, evaluate
@@ -182,6 +183,7 @@ def verification_metrics(
     weighted by (pairs of the class) / (sampled pairs of the class): the metrics are then unbiased
     estimates. Below the budget they are exact. Needs both positive and negative pairs (else ValueError).
     """
+    require("sklearn", "verification metrics")
     from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
     distmat_t, _ = as_tensor(distmat, "distmat")

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ._optional import require
+
 __all__ = ["plot_cmc", "plot_ranked_results", "plot_tsne", "ranked_result_status"]
 
 CORRECT, WRONG, IGNORED = "correct", "wrong", "ignored"
@@ -23,6 +25,7 @@ _COLORS = {CORRECT: (0, 170, 0), WRONG: (220, 0, 0), IGNORED: (150, 150, 150), "
 
 
 def _figure(figsize: tuple[float, float], dpi: int = 100):
+    require("matplotlib", "plotting")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -114,6 +117,7 @@ def plot_ranked_results(
     ``(topk + 1) * (cell_w + 2*border + gap) + gap + label_w`` wide and
     ``rows * (cell_h + 2*border + gap + label_h) + gap`` high (see code); returns the path.
     """
+    require("PIL", "drawing the ranked-results grid")
     from PIL import Image, ImageDraw
 
     d = _np(distmat).astype(np.float64)
@@ -166,7 +170,7 @@ def plot_tsne(
     title: str = "t-SNE of embeddings",
 ) -> Path:
     """2-D t-SNE (scikit-learn) of ``features`` (N, D), points coloured by identity; returns the path."""
-    from sklearn.manifold import TSNE
+    TSNE = require("sklearn.manifold", "the t-SNE plot").TSNE
 
     x = _np(features).astype(np.float32)
     y = _np(pids).astype(np.int64).ravel()

@@ -31,7 +31,9 @@ def test_native_module_is_built_when_required():
     build = reidfast.build_info()
     assert build["compiler"] and build["build_type"]
     assert build["openmp"], "CI expects the CPU kernels built with OpenMP"
-    if sys.platform.startswith("linux"):  # the CUDA kernels' tests need the emulator where there is no card
+    # The CUDA kernels' tests need the emulator where there is no card: CI builds it (REIDFAST_CUDA_EMULATOR=1);
+    # wheels never hold it.
+    if sys.platform.startswith("linux") and os.environ.get("REIDFAST_CUDA_EMULATOR") == "1":
         assert _native._cuda_emulator is not None, _native.EMULATOR_LOAD_ERROR
 
 
@@ -160,7 +162,7 @@ def test_views_keep_their_tensor_alive():
     import gc
     import weakref
 
-    makers = [_native.view] + ([_native.cuda_view] if _native.emulating_cuda() else [])
+    makers = [_native.view] + ([_native.cuda_view] if _native._cuda_emulator is not None else [])
     for make_view in makers:
         temporary = torch.arange(6, dtype=torch.int32).to(torch.int64)
         alive = weakref.ref(temporary)

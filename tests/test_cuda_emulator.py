@@ -15,7 +15,9 @@ import torch
 import reidfast
 from reidfast import _native
 
-emulator = pytest.importorskip("reidfast._cuda_emulator", reason="built with REIDFAST_CUDA_EMULATOR=0")
+emulator = pytest.importorskip(
+    "reidfast._cuda_emulator", reason="the CUDA emulator (a test tool) is built only with REIDFAST_CUDA_EMULATOR=1, as .ci/run does"
+)
 self_test = emulator.self_test
 pytestmark = pytest.mark.cuda_emulator
 SCHEDULES = [("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)]
@@ -157,7 +159,8 @@ def test_emulated_backend_is_reported():
 
 
 def test_emulation_rejects_device_tensors(monkeypatch):
-    monkeypatch.setenv("REIDFAST_EMULATE_CUDA", "1")
+    monkeypatch.setattr(_native, "EMULATE_CUDA", True)  # the switch is read once, at import
+    monkeypatch.setattr(_native, "_cuda_emulator", emulator)
     meta = torch.empty(2, 2, device="meta")
     with pytest.raises(ValueError, match="host tensors"):
         _native.cuda_view(meta)
@@ -248,12 +251,12 @@ def test_rerank_jaccard_entry_point_checks_its_arguments():
 def test_emulation_without_the_module_says_how_to_fix_it(monkeypatch):
     from reidfast import _dispatch
 
-    monkeypatch.setenv("REIDFAST_EMULATE_CUDA", "1")
+    monkeypatch.setattr(_native, "EMULATE_CUDA", True)
     monkeypatch.setattr(_native, "_cuda_emulator", None)
     monkeypatch.setattr(_native, "EMULATOR_LOAD_ERROR", "ImportError: simulated")
     _dispatch._cuda_emulator_info.cache_clear()
     try:
         info = reidfast.backends()["cuda"]
-        assert not info.available and "simulated" in info.reason and "REIDFAST_CUDA_EMULATOR=0" in info.reason
+        assert not info.available and "simulated" in info.reason and "REIDFAST_CUDA_EMULATOR=1" in info.reason
     finally:
         _dispatch._cuda_emulator_info.cache_clear()

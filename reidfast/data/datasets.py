@@ -13,10 +13,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+
+from .._optional import require
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "ImageRecord",
@@ -301,10 +305,11 @@ class UnreadableImageError(OSError):
 
 def read_image(path: str) -> Image.Image:
     """Open `path` as an RGB PIL image; UnreadableImageError naming the file otherwise."""
+    pil = require("PIL.Image", "reading dataset images")
     try:
-        with Image.open(path) as image:
+        with pil.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except (OSError, pil.UnidentifiedImageError, ValueError) as error:
         raise UnreadableImageError(f"cannot read image {path!r}: {error}") from error
 
 

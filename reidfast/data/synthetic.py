@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+
+from .._optional import require
 
 __all__ = ["make_synthetic_reid", "synthetic_embeddings", "EmbeddingSplit", "MARKER_NAME", "SYNTHETIC_VERSION"]
 
@@ -148,6 +149,9 @@ def _render(
     # illumination gain (camera + per-image jitter) and colour cast, sensor noise
     img = img * (cam["gain"] * float(rng.uniform(0.9, 1.1))) * cam["cast"]
     img += rng.normal(0.0, 4.0, img.shape).astype(np.float32)
+    require("PIL", "writing the synthetic dataset's images")
+    from PIL import Image, ImageFilter
+
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     if cam["blur"] > 0:
         pil = pil.filter(ImageFilter.GaussianBlur(cam["blur"]))
