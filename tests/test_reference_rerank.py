@@ -498,7 +498,7 @@ def test_numpy_integer_parameters_are_accepted():
 @pytest.mark.parametrize(
     "query,gallery,metric,match",
     [
-        (np.ones((3, 4)), np.ones((5, 4)), "sqeuclidean", "metric must be one of"),
+        (np.ones((3, 4)), np.ones((5, 4)), "manhattan", "metric must be one of"),
         (np.ones((3, 4)), np.ones((5, 3)), "euclidean", "same feature dimension"),
         (np.ones(4), np.ones((5, 4)), "euclidean", "query_features must be a 2-D"),
         (np.ones((3, 4)), np.ones((5, 4, 1)), "euclidean", "gallery_features must be a 2-D"),
