@@ -44,3 +44,23 @@ def device_backend_params(implemented: tuple[str, ...] = ("cuda", "triton", "cpu
         for name in backends_for(device, implemented)
     ]
     return params or [pytest.param("cpu", "none", id="no-fast-backend", marks=pytest.mark.skip(reason="no fast backend built"))]
+
+
+def spawn_ranks(worker, world_size: int) -> list:
+    """Run worker(rank, init_file, out_dir) in world_size spawned processes (each pickles its outputs to
+    out_dir/rank{rank}.pkl) -> the ranks' outputs in rank order; skips when this sandbox cannot spawn."""
+    import pickle
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        try:
+            mp.spawn(worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=world_size, join=True)
+        except (OSError, PermissionError) as error:  # no process spawning in this sandbox
+            pytest.skip(f"cannot spawn worker processes: {error}")
+        outputs = []
+        for rank in range(world_size):
+            with open(os.path.join(out_dir, f"rank{rank}.pkl"), "rb") as handle:
+                outputs.append(pickle.load(handle))
+        return outputs

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import tempfile
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import reidfast
+from conftest import spawn_ranks
 
 WORLD_SIZE = 2
 # name: gallery rows of (rank 0, rank 1)
@@ -83,15 +82,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo unavailable")
 @pytest.mark.skipif(not reidfast.backends()["cpu"].available, reason="native module not built")
 def test_two_gloo_ranks_equal_one_process():
-    with tempfile.TemporaryDirectory() as out_dir:
-        try:
-            mp.spawn(_worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=WORLD_SIZE, join=True)
-        except (OSError, PermissionError) as error:  # no process spawning in this sandbox
-            pytest.skip(f"cannot spawn worker processes: {error}")
-        per_rank = []
-        for rank in range(WORLD_SIZE):
-            with open(os.path.join(out_dir, f"rank{rank}.pkl"), "rb") as handle:
-                per_rank.append(pickle.load(handle))
+    per_rank = spawn_ranks(_worker, WORLD_SIZE)
     for backend, protocol in CASES:
         want = run(backend, protocol)
         for name in SHARDS:

@@ -4,15 +4,14 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import reidfast
+from conftest import spawn_ranks
 
 WORLD_SIZE = 2
 
@@ -66,17 +65,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def _spawn() -> list[dict]:
-    with tempfile.TemporaryDirectory() as out_dir:
-        init_file = os.path.join(out_dir, "init")
-        try:
-            mp.spawn(_worker, args=(init_file, out_dir), nprocs=WORLD_SIZE, join=True)
-        except (OSError, PermissionError) as error:  # no process spawning in this sandbox
-            pytest.skip(f"cannot spawn worker processes: {error}")
-        results = []
-        for rank in range(WORLD_SIZE):
-            with open(os.path.join(out_dir, f"rank{rank}.pkl"), "rb") as handle:
-                results.append(pickle.load(handle))
-        return results
+    return spawn_ranks(_worker, WORLD_SIZE)
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo unavailable")

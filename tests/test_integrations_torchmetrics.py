@@ -4,14 +4,13 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import reidfast
+from conftest import spawn_ranks
 
 pytest.importorskip("torchmetrics", reason="torchmetrics is not installed (pip install 'reidfast[integrations]')")
 from reidfast.integrations.torchmetrics import ReIDMetric  # noqa: E402
@@ -99,15 +98,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo unavailable")
 def test_two_gloo_ranks_sync_to_the_single_process_result():
     expected = evaluator_values(slice(0, 320), OPTIONS)
-    with tempfile.TemporaryDirectory() as out_dir:
-        try:
-            mp.spawn(_worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=WORLD_SIZE, join=True)
-        except (OSError, PermissionError) as error:  # no process spawning in this sandbox
-            pytest.skip(f"cannot spawn worker processes: {error}")
-        per_rank = []
-        for rank in range(WORLD_SIZE):
-            with open(os.path.join(out_dir, f"rank{rank}.pkl"), "rb") as handle:
-                per_rank.append(pickle.load(handle))
+    per_rank = spawn_ranks(_worker, WORLD_SIZE)
     local_only = evaluator_values(slice(0, 130), OPTIONS)
     assert local_only["mAP"] != pytest.approx(expected["mAP"])  # a rank's own rows alone give other numbers
     for outputs in per_rank:
