@@ -242,6 +242,24 @@ PYBIND11_MODULE(_C, m) {
       py::arg("pivot_index"), py::arg("row_labels").none(true), py::arg("item_labels").none(true),
       py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"));
 
+  // The counting pass fused into the distance tile (cpu/gemm_kernels.h: fused_rank_count); kernel as above.
+  m.def(
+      "fused_rank_count_cpu",
+      [](const ArrayView& x, const ArrayView& y, int metric, int64_t item0, const ArrayView& pivot_offsets,
+         const ArrayView& pivot_distance, const ArrayView& pivot_index, const ArrayView* row_labels,
+         const ArrayView* item_labels, const ArrayView* groups, int64_t num_groups, const ArrayView& histogram,
+         const ArrayView* row_max, float keep, float blend, int kernel) {
+        py::gil_scoped_release release;
+        return reidfast::cpu::fused_rank_count(x, y, to_metric(metric), item0, pivot_offsets, pivot_distance,
+                                               pivot_index, row_labels, item_labels, groups, num_groups, row_max,
+                                               keep, blend, histogram, to_gemm_kernel(kernel));
+      },
+      py::arg("x"), py::arg("y"), py::arg("metric"), py::arg("item0"), py::arg("pivot_offsets"),
+      py::arg("pivot_distance"), py::arg("pivot_index"), py::arg("row_labels").none(true),
+      py::arg("item_labels").none(true), py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"),
+      py::arg("row_max").none(true) = nullptr, py::arg("keep") = 0.0f, py::arg("blend") = 1.0f,
+      py::arg("kernel") = 0);
+
   // [bindings: cpu]  (marker: add CPU bindings above)
 
 #ifdef REIDFAST_WITH_CUDA

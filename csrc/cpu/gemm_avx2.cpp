@@ -73,6 +73,9 @@ inline uint32_t vge(V a, V b) { return static_cast<uint32_t>(_mm256_movemask_ps(
 inline uint32_t vnge(V a, V b) {  // !(a >= b): NaN passes
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NGE_UQ)));
 }
+inline uint32_t vngt(V a, V b) {  // !(a > b): NaN passes
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NGT_UQ)));
+}
 inline uint32_t veq_labels(const int32_t* labels, int32_t label) {
   const __m256i equal = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels)),
                                            _mm256_set1_epi32(label));
@@ -114,7 +117,8 @@ namespace gemm {
 
 const IsaKernels* avx2_kernels() {
   static const IsaKernels kernels{"avx2", avx2::kMR, avx2::kNR, &avx2::sq_norm, &avx2::pack_panel,
-                                  &avx2::distance_tile, &avx2::topk_tile, &avx2::mine_tile};
+                                  &avx2::distance_tile, &avx2::topk_tile, &avx2::mine_tile,
+                                  &avx2::rank_count_tile};
   return &kernels;
 }
 

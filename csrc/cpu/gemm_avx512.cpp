@@ -60,6 +60,7 @@ inline V vzero_lanes(V x, uint32_t lanes) {
 inline uint32_t vle(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
 inline uint32_t vge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 inline uint32_t vnge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_NGE_UQ); }  // !(a >= b): NaN passes
+inline uint32_t vngt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_NGT_UQ); }  // !(a > b): NaN passes
 inline uint32_t veq_labels(const int32_t* labels, int32_t label) {
   return _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(labels), _mm512_set1_epi32(label));
 }
@@ -99,7 +100,8 @@ namespace gemm {
 
 const IsaKernels* avx512_kernels() {
   static const IsaKernels kernels{"avx512", avx512::kMR, avx512::kNR, &avx512::sq_norm, &avx512::pack_panel,
-                                  &avx512::distance_tile, &avx512::topk_tile, &avx512::mine_tile};
+                                  &avx512::distance_tile, &avx512::topk_tile, &avx512::mine_tile,
+                                  &avx512::rank_count_tile};
   return &kernels;
 }
 

@@ -1,6 +1,7 @@
-// Internal to the fused CPU kernels (gemm_kernels.cpp drives, gemm_avx512.cpp / gemm_avx2.cpp compute):
-// the packed-panel contract, the per-row state of the top-k and batch-hard epilogues with their scalar
-// updates (compiled for the baseline ISA and inlined into the SIMD code), and the table of one ISA's kernels.
+// Internal to the fused CPU kernels (gemm_driver.cpp walks, gemm_kernels.cpp / gemm_rank_count.cpp consume,
+// gemm_avx512.cpp / gemm_avx2.cpp compute): the packed-panel contract, the per-row state of the top-k,
+// batch-hard and rank-counting epilogues with their scalar updates (compiled for the baseline ISA), and the
+// table of one ISA's kernels.
 #pragma once
 
 #include <algorithm>
@@ -148,6 +149,32 @@ struct MineRows {
   }
 };
 
+// --- rank counting (evaluate_features) ------------------------------------------------------------------
+
+// Per query row, its pivots (correct matches) sorted by (distance, gallery index), as rank_count_block
+// (rank_count.h), and the slot histogram the tile's items are counted into. The SIMD filter passes an item
+// when !(prekey > prekey_bounds[row]): a bound on the prekey (epilogue.h) at or beyond which no item can rank
+// before the row's farthest pivot (NaN passes: counted); place() then applies the exact rule to the few.
+struct RankCountRows {
+  const float* prekey_bounds = nullptr;   // (rows,)
+  const int64_t* pivot_offsets = nullptr;  // (rows + 1,): row r's pivots are [offsets[r], offsets[r + 1])
+  const float* pivot_distance = nullptr;  // (P,) the compared values (re-ranked scores with row_max)
+  const int64_t* pivot_index = nullptr;   // (P,) global gallery indices
+  const int64_t* row_labels = nullptr;    // (rows,) or null: items of the row's label are not counted
+  const int64_t* item_labels = nullptr;   // by global gallery index, or null
+  const int64_t* groups = nullptr;        // by global gallery index, values in [0, num_groups), or null
+  int64_t num_groups = 1;
+  int64_t item0 = 0;                      // global gallery index of the call's column 0
+  const float* row_max = nullptr;         // (rows,) or null: compare rerank_score(d, row_max[r], keep, blend)
+  float keep = 0.0f, blend = 1.0f;
+  Metric metric = Metric::Euclidean;
+  int64_t* histogram = nullptr;           // (P * num_groups,), accumulated
+  int64_t* nan_counts = nullptr;          // (rows,): items whose compared value is NaN
+
+  // Counts the item at `column` of the call with this prekey into its row's slot (gemm_rank_count.cpp).
+  void place(int64_t row, int64_t column, float prekey) const;
+};
+
 // --- one instruction set's kernels --------------------------------------------------------------------
 
 struct DistanceOut {
@@ -166,6 +193,7 @@ struct IsaKernels {
   void (*distance_tile)(const Strip& strip, const DistanceOut& out);
   void (*topk_tile)(const Strip& strip, const TopkRows& rows);
   void (*mine_tile)(const Strip& strip, const MineRows& rows);
+  void (*rank_count_tile)(const Strip& strip, const RankCountRows& rows);
 };
 
 // nullptr when not compiled in (non-x86 target or compiler without the intrinsics).

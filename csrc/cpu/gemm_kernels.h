@@ -39,5 +39,18 @@ void fused_batch_hard_mine(const ArrayView& anchors, const ArrayView& candidates
                            const ArrayView& dist_ap, const ArrayView& dist_an, const ArrayView& positive_index,
                            const ArrayView& negative_index, GemmKernel kernel);
 
+// The rank counting of rank_count_block (rank_count.h) fused into the distance tile: the distances of x
+// (rows, D) (queries) to y (cols, D) (gallery items item0 .. item0 + cols - 1), bitwise those of
+// fused_pairwise_distance, are never stored; each row's items are filtered against its farthest pivot in
+// the tile and the few others placed by the same slot rule into histogram (accumulated). Pivots, labels,
+// groups and histogram as rank_count_block, pivot_distance float32. With row_max (rows,) float32 (else
+// null), the value compared (pivots included) is rerank_score(d, row_max[r], keep, blend) (rank_slot.h).
+// Returns the number of items whose compared value is NaN (not counted).
+int64_t fused_rank_count(const ArrayView& x, const ArrayView& y, Metric metric, int64_t item0,
+                         const ArrayView& pivot_offsets, const ArrayView& pivot_distance, const ArrayView& pivot_index,
+                         const ArrayView* row_labels, const ArrayView* item_labels, const ArrayView* groups,
+                         int64_t num_groups, const ArrayView* row_max, float keep, float blend,
+                         const ArrayView& histogram, GemmKernel kernel);
+
 }  // namespace cpu
 }  // namespace reidfast

@@ -233,10 +233,12 @@ def _block_columns(chunk_size: int | None, rows: int, bytes_per_distance: int, b
 
 
 class _HostPass:
-    """The cpu backend's pass: the native fused distance kernel (or BLAS + the native epilogue, as
+    """The cpu backend's pass: with a fused SIMD kernel, the counting fused into its distance tile (no block of
+    distances is stored; csrc/cpu/gemm_rank_count.cpp); otherwise BLAS + the native epilogue (as
     pairwise_distance's cpu backend) into one reused block buffer, then the native counting kernel."""
 
     name = "cpu"
+    fused_counting = True  # False: the fused kernel's distances into the block buffer, then counted (tests compare)
 
     def __init__(self, inputs: _Inputs) -> None:
         self.inputs = inputs
@@ -273,7 +275,8 @@ class _HostPass:
         query_norms = None if self.kernel is not None else self.query_norms[torch.from_numpy(rows)]
         num_gallery = self.gallery.shape[0]
         block = _block_columns(chunk_size, rows.size, self.inputs.distance_dtype.itemsize, BLOCK_BYTES)
-        buffer = torch.empty(rows.size * min(block, num_gallery), dtype=self.inputs.distance_dtype)
+        fused = self.kernel is not None and self.fused_counting
+        buffer = torch.empty(0 if fused else rows.size * min(block, num_gallery), dtype=self.inputs.distance_dtype)
         histogram = torch.zeros(pivot_index.size * num_groups, dtype=torch.int64)
         offsets, distance, index = (torch.from_numpy(np.ascontiguousarray(a)) for a in (pivot_offsets, pivot_distance, pivot_index))
         view = _native.view
@@ -282,6 +285,13 @@ class _HostPass:
         nan_count = 0
         offset = 0 if self.inputs.shard is None else self.inputs.shard.offset
         for start, end in _block_ranges(num_gallery, block, progress, "evaluate_features"):
+            if fused:
+                nan_count += _native._C.fused_rank_count_cpu(
+                    view(query), view(self.gallery[start:end]), self.metric_code, offset + start, view(offsets),
+                    view(distance), view(index), row_labels, item_labels, group_view, num_groups, view(histogram),
+                    kernel=self.kernel,
+                )
+                continue
             out = buffer[: rows.size * (end - start)].view(rows.size, end - start)
             norms = None if self.kernel is not None else self.gallery_norms[start:end]
             self.distances(query, self.gallery[start:end], out, query_norms, norms)
