@@ -5,6 +5,8 @@
 
 Providers, per shape (Q queries x G gallery items, D features, float32, euclidean, Market-1501 protocol):
     cpu         rf.evaluate_features (native cpu backend; the torch backend on CUDA inputs)
+    cpu-two-step  (G = 100k only) the same with the counting not fused: the fused kernel's distances into a
+                32 MiB block, then counted (evaluate_features' `_HostPass.fused_counting = False`)
     bare-mm     the floor: one blockwise `x @ y.T` of the same shapes (torch.mm into a reused block of
                 the same size evaluate_features uses), nothing else
     reference   rf.evaluate(rf.pairwise_distance(x, y), ...): the whole Q x G matrix (speedup column)
@@ -88,6 +90,8 @@ def _cases():
         marks = [pytest.mark.skipif(os.environ.get(switch) != "1", reason=f"set {switch}=1")] if switch else []
         for dim in dims:
             providers = (["cpu"] if native else []) + ["bare-mm"] + ([] if name == "market500k" else ["reference"])
+            if native and name == "g100k":
+                providers.insert(1, "cpu-two-step")
             for provider in providers:
                 yield pytest.param(name, dim, provider, id=f"{name}-d{dim}-{provider}", marks=marks)
 
@@ -106,9 +110,11 @@ def problems():
 
 
 @pytest.mark.parametrize("name,dim,provider", list(_cases()))
-def test_evaluate_features(run_benchmark, problems, name, dim, provider):
+def test_evaluate_features(run_benchmark, problems, name, dim, provider, monkeypatch):
     query, gallery, q_pids, g_pids, q_camids, g_camids = problems(name, dim)
-    if provider == "cpu":
+    if provider == "cpu-two-step":
+        monkeypatch.setattr(evaluate_features_op._HostPass, "fused_counting", False)
+    if provider in ("cpu", "cpu-two-step"):
         function = lambda: reidfast.evaluate_features(query, gallery, q_pids, g_pids, q_camids, g_camids)  # noqa: E731
     elif provider == "bare-mm":
         function = lambda: bare_blockwise_mm(query, gallery)  # noqa: E731

@@ -7,6 +7,7 @@
 // vector compare per 8 distances drops them (AVX2 where the CPU has it, a scalar loop otherwise), and the
 // few others are placed by a binary search over the row's pivots (exact key order, ties by index).
 #include "rank_count.h"
+#include "rank_slot.h"
 
 #include <algorithm>
 #include <cmath>
@@ -108,16 +109,7 @@ int64_t count_typed(const ArrayView& distances, int64_t col0, const int64_t* off
           continue;
         }
         if (row_labels != nullptr && item_labels[g] == row_labels[r]) continue;  // the row's own label: not counted
-        // slot = #{pivots with key < (value, g)}: binary search on the sorted keys
-        int64_t lo = 0, hi = count;
-        while (lo < hi) {
-          const int64_t mid = (lo + hi) / 2;
-          if (distance[mid] < value || (distance[mid] == value && index[mid] < g)) {
-            lo = mid + 1;
-          } else {
-            hi = mid;
-          }
-        }
+        const int64_t lo = pivot_slot(distance, index, count, value, g);  // rank_slot.h
         if (lo < count) histogram[(first + lo) * num_groups + (groups ? groups[g] : 0)] += 1;
       }
     }

@@ -274,8 +274,10 @@ class _HostPass:
         query = _take_rows(self.query, rows) if rows.size < self.query.shape[0] else self.query
         query_norms = None if self.kernel is not None else self.query_norms[torch.from_numpy(rows)]
         num_gallery = self.gallery.shape[0]
-        block = _block_columns(chunk_size, rows.size, self.inputs.distance_dtype.itemsize, BLOCK_BYTES)
         fused = self.kernel is not None and self.fused_counting
+        # Fused: nothing stored, so blocks of about BLOCK_BYTES of gallery features (each packed once per call).
+        per_column = (1, 4 * self.gallery.shape[1]) if fused else (rows.size, self.inputs.distance_dtype.itemsize)
+        block = _block_columns(chunk_size, *per_column, BLOCK_BYTES)
         buffer = torch.empty(0 if fused else rows.size * min(block, num_gallery), dtype=self.inputs.distance_dtype)
         histogram = torch.zeros(pivot_index.size * num_groups, dtype=torch.int64)
         offsets, distance, index = (torch.from_numpy(np.ascontiguousarray(a)) for a in (pivot_offsets, pivot_distance, pivot_index))
