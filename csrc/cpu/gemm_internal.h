@@ -153,8 +153,8 @@ struct MineRows {
 
 // Per query row, its pivots (correct matches) sorted by (distance, gallery index), as rank_count_block
 // (rank_count.h), and the slot histogram the tile's items are counted into. The SIMD filter passes an item
-// when !(prekey > prekey_bounds[row]): a bound on the prekey (epilogue.h) at or beyond which no item can rank
-// before the row's farthest pivot (NaN passes: counted); place() then applies the exact rule to the few.
+// when !(prekey > prekey_bounds[row]) (NaN passes: counted apart): no item with a prekey (epilogue.h) above
+// the bound compares at or before the row's farthest pivot. place() then applies the exact rule to the few.
 struct RankCountRows {
   const float* prekey_bounds = nullptr;   // (rows,)
   const int64_t* pivot_offsets = nullptr;  // (rows + 1,): row r's pivots are [offsets[r], offsets[r + 1])

@@ -9,10 +9,10 @@ Method:
   1. pivots: each query's correct matches (gallery items of its pid in another camera), their distances
      computed first (per PAIR_ROWS queries, a small product against the union of their identities' items),
      sorted by (distance, gallery index);
-  2. one blockwise pass over the gallery: the distances of a block of gallery items to all the queries
-     (the fused kernel into one reused buffer), then per query a histogram of the block's items of other
-     identities over the slots between consecutive matches (csrc/cpu/rank_count.cpp: one compare per 8
-     distances drops the items behind the farthest match; junk and the other matches are never counted);
+  2. one blockwise pass over the gallery: per query, a histogram of the gallery items of other identities
+     over the slots between consecutive matches, counted inside the fused kernel's distance tile
+     (csrc/cpu/gemm_rank_count.cpp: a vector compare drops the items behind the farthest match; BLAS path:
+     a block of distances, then csrc/cpu/rank_count.cpp; junk and the other matches are never counted);
   3. the histogram's prefix sum at match j, plus j, is the match's 0-based rank among the kept items, from
      which AP, INP and the CMC follow in the reference's float64 arithmetic (ops/evaluation.py).
 CUHK03 adds one pass per block of queries with a histogram per gallery identity at the sampled matches.
