@@ -222,3 +222,44 @@ def test_evaluate_features_fused_equals_two_step(metric, protocol, monkeypatch):
     for result in results[True] + results[False]:
         np.testing.assert_array_equal(result.cmc, want.cmc)
         assert (result.mAP, result.mINP, result.num_valid_queries) == (want.mAP, want.mINP, want.num_valid_queries)
+
+
+_THREADS_SCRIPT = """
+import os, sys, numpy as np, torch
+from test_evaluate_features_fused import threads_problem, fused_count
+if os.environ.get("REIDFAST_TEST_SET_THREADS"):  # more than OMP_THREAD_LIMIT allows: a short team
+    torch.set_num_threads(int(os.environ["REIDFAST_TEST_SET_THREADS"]))
+kernel, rows, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+x, y, values, pivots, groups = threads_problem(kernel, rows)
+np.save(path, fused_count(kernel, x, y, "euclidean", 4, pivots, 3, groups)[0])
+"""
+
+
+def threads_problem(kernel, rows):
+    """Few rows against 5,000 items: with 5 threads the columns split into parts, each with its own histogram."""
+    rng = np.random.default_rng(rows)
+    x, y = features(rng, rows, 5000, 24)
+    values = distances_of(kernel, x, y, "euclidean")
+    return x, y, values, item_pivots(rng, values, 9, 4), rng.integers(0, 3, 5010).astype(np.int64)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_column_parts_and_short_teams_count_the_same(kernel, tmp_path):
+    """1 thread (no split), 5 threads (1 or 2 tiles split into 5 or 2 column parts, merged at the end), and a team
+    smaller than planned (torch.set_num_threads(4) under OMP_THREAD_LIMIT=2: the call reruns on one thread)."""
+    import os
+    import subprocess
+    import sys
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(reidfast.__file__)))  # the reidfast under test
+    python_path = os.pathsep.join(filter(None, [package_root, tests_dir, os.environ.get("PYTHONPATH")]))
+    for rows in (1, 9):
+        _, _, values, pivots, groups = threads_problem(kernel, rows)
+        want = reference.rank_count_block(values, 4, *pivots, groups, 3)[0]
+        for extra in ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "5"},
+                      {"OMP_THREAD_LIMIT": "2", "REIDFAST_TEST_SET_THREADS": "4"}):
+            path = tmp_path / f"{rows}_{len(extra)}_{extra.get('OMP_NUM_THREADS', 'short')}.npy"
+            subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, kernel, str(rows), str(path)],
+                           env=dict(os.environ, PYTHONPATH=python_path, **extra), check=True, cwd=tests_dir)
+            np.testing.assert_array_equal(np.load(path), want, err_msg=f"rows {rows}, {extra}")
