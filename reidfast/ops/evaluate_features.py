@@ -275,7 +275,7 @@ class _HostPass:
         query_norms = None if self.kernel is not None else self.query_norms[torch.from_numpy(rows)]
         num_gallery = self.gallery.shape[0]
         fused = self.kernel is not None and self.fused_counting
-        # Fused: nothing stored, so blocks of about BLOCK_BYTES of gallery features (each packed once per call).
+        # Fused: no distances stored, so blocks of about BLOCK_BYTES of gallery rows packed as float32 per call.
         per_column = (1, 4 * self.gallery.shape[1]) if fused else (rows.size, self.inputs.distance_dtype.itemsize)
         block = _block_columns(chunk_size, *per_column, BLOCK_BYTES)
         buffer = torch.empty(0 if fused else rows.size * min(block, num_gallery), dtype=self.inputs.distance_dtype)
