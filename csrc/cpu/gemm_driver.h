@@ -20,8 +20,6 @@ namespace gemm {
 // The micro-kernels of `kernel` (Auto: the widest this CPU runs). Throws (naming `kernel`) if the chosen one
 // is not compiled in or the CPU lacks it.
 const IsaKernels& select_kernels(GemmKernel kernel);
-const IsaKernels* usable_avx512();
-const IsaKernels* usable_avx2();
 
 // The part of the packed y rows that stays in each core's L2 while a thread's tiles go by (bytes), and the
 // depth chunk whose A tile stays in L1 while the B panels stream through it (steps).

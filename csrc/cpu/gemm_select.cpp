@@ -47,6 +47,16 @@ bool cpu_has_avx2() {
 #endif
 }
 
+const IsaKernels* usable_avx512() {
+  static const IsaKernels* kernels = cpu_has_avx512() ? avx512_kernels() : nullptr;
+  return kernels;
+}
+
+const IsaKernels* usable_avx2() {
+  static const IsaKernels* kernels = cpu_has_avx2() ? avx2_kernels() : nullptr;
+  return kernels;
+}
+
 }  // namespace
 
 // The y block: the whole L2 up to 512 KiB, and 512-step depth chunks (an A tile chunk of 12 KiB for AVX2,
@@ -57,16 +67,6 @@ bool cpu_has_avx2() {
 CacheBlocking cache_blocking(const IsaKernels&) {
   static const int64_t l2 = l2_cache_bytes(int64_t{512} << 10);
   return CacheBlocking{std::min<int64_t>(l2, int64_t{512} << 10), 512};
-}
-
-const IsaKernels* usable_avx512() {
-  static const IsaKernels* kernels = cpu_has_avx512() ? avx512_kernels() : nullptr;
-  return kernels;
-}
-
-const IsaKernels* usable_avx2() {
-  static const IsaKernels* kernels = cpu_has_avx2() ? avx2_kernels() : nullptr;
-  return kernels;
 }
 
 const IsaKernels& select_kernels(GemmKernel kernel) {
