@@ -9,9 +9,9 @@
 //   is written anywhere.
 // Epilogue
 //   At the start the block stages, per row, its first pivot, pivot count, label and farthest pivot's key
-//   (distance, gallery index) in shared memory. An entry is counted iff its key is smaller than the farthest
-//   pivot's (one or two compares: most items of a large gallery fail it), its item's label is not the row's,
-//   and it is not NaN; a survivor's slot is a binary search over the row's sorted pivots (global memory,
+//   (distance, gallery index) in shared memory. An entry is counted iff its key is not after the farthest
+//   pivot's (one or two compares: most items of a large gallery are after it), its item's label is not the
+//   row's, and it is not NaN; a survivor's slot is a binary search over the row's sorted pivots (global memory,
 //   cached: a query has tens of matches), and one 64-bit atomicAdd puts it in the histogram. Integer atomics
 //   commute, so the histogram does not depend on the schedule. NaNs are counted per thread and added once.
 // Cost
@@ -47,10 +47,11 @@ using namespace counting;    // NOLINT: the counting epilogue (rank_count.cuh)
 
 constexpr int64_t kTargetBlocks = 1024;  // blocks to aim for when chunking the gallery axis (no merge to pay)
 
-// Resident blocks per SM the registers are sized for: 3 for float accumulation (as distance.cu), 1 for float64;
-// tests/test_cuda_resources.py checks that neither spills.
+// Resident blocks per SM the registers are sized for: 2 (<= 128 registers) for float accumulation, 1 for
+// float64. With 3 (<= 80 registers, as distance.cu) ptxas spilled 32 bytes to the stack on sm_80 (the epilogue's
+// 64-bit pivot and item indices); tests/test_cuda_resources.py checks that neither spills.
 template <typename AccT>
-constexpr int kRankCountBlocksPerSM = sizeof(AccT) == 4 ? 3 : 1;
+constexpr int kRankCountBlocksPerSM = sizeof(AccT) == 4 ? 2 : 1;
 
 // Block (blockIdx.x, blockIdx.y) = (row tile, chunk): counts the entries of rows [row0, row0 + 64) of x against
 // the gallery tiles [chunk * tiles_per_chunk, ...) of y into `histogram`, and their NaNs into *nan_count.

@@ -35,11 +35,11 @@ struct RowBounds {
   int64_t count[tile64::kTileRows];  // its number of pivots
   int64_t label[tile64::kTileRows];
   int64_t last_index[tile64::kTileRows];  // the farthest pivot's key: (last_distance, last_index)
-  AccT last_distance[tile64::kTileRows];  // (-inf, -1) without pivots: no item ranks before it
+  AccT last_distance[tile64::kTileRows];  // (-inf, -1) without pivots: every item ranks after it
 };
 
 // Whether (value, item) ranks before (distance, index): smaller distance, ties to the smaller gallery index.
-// value is not NaN (pivots never are).
+// Neither value nor distance is NaN (pivots never are; NaN entries are set apart first).
 template <typename AccT>
 __device__ __forceinline__ bool ranks_before(AccT value, int64_t item, AccT distance, int64_t index) {
   return value < distance || (value == distance && item < index);
@@ -77,9 +77,10 @@ __device__ __forceinline__ int64_t slot_of(const AccT* __restrict__ distance, co
   return low;
 }
 
-// Counts the entries (local_row, col0 + thread_col * 4 + [0, 4)) of a finished tile row: values (-> their
-// items first_item + column) that rank before the row's farthest pivot go to the histogram; returns how many
-// entries are NaN. Columns >= cols are outside y.
+// Counts the entries (local_row, col0 + [0, 4)) of a finished tile row: a value (its item: first_item +
+// column) whose slot is below the row's pivot count, i.e. whose key is not after the farthest pivot's (an
+// item equal to a pivot's key takes that pivot's slot, as on the host), goes to the histogram; returns how
+// many entries are NaN. Columns >= cols are outside y.
 template <typename AccT>
 __device__ __forceinline__ unsigned count_entries(const Pivots<AccT>& pivots, const RowBounds<AccT>& bounds,
                                                   int local_row, const AccT (&values)[tile64::kMicroCols],
@@ -98,7 +99,7 @@ __device__ __forceinline__ unsigned count_entries(const Pivots<AccT>& pivots, co
       continue;
     }
     const int64_t item = first_item + col;
-    if (!ranks_before(value, item, last_distance, last_index)) continue;  // behind every pivot: most items
+    if (ranks_before(last_distance, last_index, value, item)) continue;  // after every pivot: most items
     if (pivots.row_labels != nullptr && pivots.item_labels[item] == bounds.label[local_row]) continue;
     const int64_t first = bounds.first[local_row];
     const int64_t slot = slot_of(pivots.distance + first, pivots.index + first, bounds.count[local_row], value, item);
