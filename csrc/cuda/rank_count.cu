@@ -69,20 +69,10 @@ __global__ void __launch_bounds__(kThreads, kRankCountBlocksPerSM<AccT>)
   const int thread_col = threadIdx.x % kThreadsAlongCols;
   stage_rows(pivots, shape.x_rows, row0, bounds);  // read after multiply_tile's barriers
 
-  AccT dots[kMicroRows][kMicroCols];
-  InT x_staged[kLoadsPerThread];
-  InT y_staged[kLoadsPerThread];
   unsigned long long nans = 0;
-  fetch_first_slabs(x, y, shape, row0, static_cast<int64_t>(first_tile) * kTileCols, x_staged, y_staged);
-  for (int tile = first_tile; tile < end_tile; ++tile) {
-    const int64_t col0 = static_cast<int64_t>(tile) * kTileCols;
-    const int64_t next_col0 = tile + 1 < end_tile ? col0 + kTileCols : -1;
-    multiply_tile(x, y, shape, row0, col0, next_col0, metric, shared, x_staged, y_staged, dots);
-    AccT col_factors[kMicroCols];
-#pragma unroll
-    for (int j = 0; j < kMicroCols; ++j) col_factors[j] = shared.y_factors[thread_col * kMicroCols + j];
-
-    // One micro-row at a time (no warp collectives here: threads may leave the loop early).
+  // One micro-row at a time (no warp collectives here: threads may leave the loop early).
+  const auto count_tile = [&](int64_t col0, const AccT(&dots)[kMicroRows][kMicroCols],
+                              const AccT(&col_factors)[kMicroCols]) {
 #pragma unroll 1
     for (int i = 0; i < kMicroRows; ++i) {
       const int local_row = thread_row * kMicroRows + i;
@@ -96,7 +86,8 @@ __global__ void __launch_bounds__(kThreads, kRankCountBlocksPerSM<AccT>)
       nans += count_entries(pivots, bounds, local_row, values, col0 + thread_col * kMicroCols, shape.y_rows, first_item,
                             histogram);
     }
-  }
+  };
+  for_each_tile(x, y, shape, row0, first_tile, end_tile, metric, shared, count_tile);
   if (nans != 0) atomicAdd(nan_count, nans);
 }
 

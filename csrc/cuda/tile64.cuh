@@ -169,6 +169,31 @@ __device__ __forceinline__ void multiply_tile(const InT* __restrict__ x, const I
   __syncthreads();
 }
 
+// Block-collective: for each 64-column tile [first_tile, end_tile) of y, the tile product against x rows
+// [row0, +64) (multiply_tile, the next tile's first slabs prefetched across the tile boundary), then
+// epilogue(col0, dots, col_factors): the tile's first column, the thread's micro-tile of dot products and the
+// row factors of its 4 columns (the block's row factors are in shared.x_factors until the next tile starts).
+template <typename InT, typename AccT, typename Epilogue>
+__device__ __forceinline__ void for_each_tile(const InT* __restrict__ x, const InT* __restrict__ y,
+                                              const TileShape& shape, int64_t row0, int first_tile, int end_tile,
+                                              Metric metric, TileShared<AccT>& shared,
+                                              Epilogue&& epilogue) {
+  const int thread_col = threadIdx.x % kThreadsAlongCols;
+  AccT dots[kMicroRows][kMicroCols];
+  InT x_staged[kLoadsPerThread];
+  InT y_staged[kLoadsPerThread];
+  fetch_first_slabs(x, y, shape, row0, static_cast<int64_t>(first_tile) * kTileCols, x_staged, y_staged);
+  for (int tile = first_tile; tile < end_tile; ++tile) {
+    const int64_t col0 = static_cast<int64_t>(tile) * kTileCols;
+    const int64_t next_col0 = tile + 1 < end_tile ? col0 + kTileCols : -1;
+    multiply_tile(x, y, shape, row0, col0, next_col0, metric, shared, x_staged, y_staged, dots);
+    AccT col_factors[kMicroCols];
+#pragma unroll
+    for (int j = 0; j < kMicroCols; ++j) col_factors[j] = shared.y_factors[thread_col * kMicroCols + j];
+    epilogue(col0, dots, col_factors);
+  }
+}
+
 // The thread's micro-row i of `dots` as a register array. Selected, not indexed: a dynamic index would move dots
 // to local memory, and unrolling the caller's loop over i would copy its epilogue four times.
 template <typename AccT>

@@ -282,19 +282,9 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSM<AccT>)
   const int thread_col = threadIdx.x % kThreadsAlongCols;
   clear_lists(state, shape.x_rows, warp, lane);
 
-  AccT dots[kMicroRows][kMicroCols];
-  InT x_staged[kLoadsPerThread];
-  InT y_staged[kLoadsPerThread];
-  fetch_first_slabs(x, y, shape, row0, static_cast<int64_t>(first_tile) * kTileCols, x_staged, y_staged);
-  for (int tile = first_tile; tile < end_tile; ++tile) {
-    const int64_t col0 = static_cast<int64_t>(tile) * kTileCols;
-    const int64_t next_col0 = tile + 1 < end_tile ? col0 + kTileCols : -1;
-    multiply_tile(x, y, shape, row0, col0, next_col0, metric, shared, x_staged, y_staged, dots);
-    AccT col_factors[kMicroCols];
-#pragma unroll
-    for (int j = 0; j < kMicroCols; ++j) col_factors[j] = shared.y_factors[thread_col * kMicroCols + j];
-
-    // Offer the tile's candidates, one micro-row at a time: the two half-warps handle two rows at once.
+  // Offer each tile's candidates, one micro-row at a time: the two half-warps handle two rows at once.
+  const auto offer_tile = [&](int64_t col0, const AccT(&dots)[kMicroRows][kMicroCols],
+                              const AccT(&col_factors)[kMicroCols]) {
 #pragma unroll 1
     for (int i = 0; i < kMicroRows; ++i) {
       AccT row_dots[kMicroCols];
@@ -312,7 +302,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSM<AccT>)
       }
       offer_candidates(state, local_row, i, candidates, valid, warp, lane);
     }
-  }
+  };
+  for_each_tile(x, y, shape, row0, first_tile, end_tile, metric, shared, offer_tile);
   flush_lists(state, shape.x_rows, values, indices, warp, lane);
 }
 
