@@ -14,8 +14,8 @@ above the inputs):
              and pytorch-metric-learning where installed;
   evaluation Market-1501 scale: reidfast.evaluate on the distance matrix vs the reference;
   evaluate_features  Market-1501 + 500k distractors (3368 x 519,732, D = 2048) from features: reidfast
-             evaluate_features on the cuda backend (rank counting fused into the distance tile, no Q x G matrix)
-             vs a bare blockwise x @ y.T (the floor) and pairwise_distance + evaluate (a 7 GB matrix);
+             evaluate_features on each live backend (cuda: rank counting fused into the distance tile, no Q x G
+             matrix) vs a bare blockwise x @ y.T of the same shapes (the floor), 2 timed runs;
   rerank     Market-1501 scale from features (3368 queries, 15913 gallery, D = 2048) vs the reference (one
              cold run each: the reference alone takes tens of seconds), last.
 """
@@ -215,7 +215,6 @@ def bench_evaluate_features(recorder, device, scale, distractors, dim, repeats, 
     runs = {"blockwise x @ y.T": blockwise_matmul}
     for name in live_backends(device):
         runs[f"reidfast[{name}]"] = with_backend(name, lambda: reidfast.evaluate_features(query, gallery, *labels))
-    runs["pairwise_distance+evaluate"] = lambda: reidfast.evaluate(reidfast.pairwise_distance(query, gallery), *labels)
     compare(recorder, "evaluate_features", runs, device, repeats, **scale, gallery_total=gallery.shape[0], d=dim)
 
 
