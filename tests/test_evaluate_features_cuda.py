@@ -213,3 +213,51 @@ def test_kernel_rejects_bad_arguments(device, backend):
         with pytest.raises(ValueError, match=message):
             run_kernel(device, args.pop("query"), args.pop("gallery"), args.pop("first_item"), args.pop("metric"),
                        args.pop("pivots"), **args)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# group=: two gloo ranks, each with a gallery shard, the counts of the fused kernel all_reduce'd.
+# ---------------------------------------------------------------------------------------------------------
+def _sharded_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import os
+    import pickle
+
+    import torch.distributed as dist
+
+    from test_evaluate_features_distributed import SHARDS, WORLD_SIZE, run
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        outputs = {}
+        for name, ranges in SHARDS.items():
+            for protocol in ("market1501", "cuhk03"):
+                outputs[name, protocol] = run("cuda", protocol, slice(*ranges[rank]), dist.group.WORLD)
+        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
+            pickle.dump(outputs, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("device,backend", CUDA)
+def test_two_gloo_ranks_equal_one_process(device, backend):
+    """Host tensors and gloo: on the emulator (on a card the features would have to live on the device)."""
+    import torch.distributed as dist
+
+    from conftest import spawn_ranks
+    from test_evaluate_features_distributed import SHARDS, WORLD_SIZE, run
+
+    if not _native.emulating_cuda():
+        pytest.skip("gloo with host tensors: runs where the cuda backend takes host tensors (the emulator)")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed gloo unavailable")
+    per_rank = spawn_ranks(_sharded_worker, WORLD_SIZE)
+    for protocol in ("market1501", "cuhk03"):
+        want = run("cuda", protocol)
+        on_host = run("cpu", protocol)  # integer features: exact distances, so every backend agrees
+        assert {**want, "backend": "cpu"} == on_host and want["backend"] == "cuda"
+        for name in SHARDS:
+            for rank in range(WORLD_SIZE):
+                assert per_rank[rank][name, protocol] == want, (name, protocol, rank)
