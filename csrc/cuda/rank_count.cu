@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads, kRankCountBlocksPerSM<AccT>)
   const int end_tile = min(first_tile + tiles_per_chunk, col_tiles);
   const int thread_row = threadIdx.x / kThreadsAlongCols;
   const int thread_col = threadIdx.x % kThreadsAlongCols;
-  stage_rows(pivots, shape.x_rows, row0, bounds);  // read after multiply_tile's barriers
+  stage_rows(pivots, shape.x_rows, row0, bounds);  // read after the tile product's barriers
 
   unsigned long long nans = 0;
   // One micro-row at a time (no warp collectives here: threads may leave the loop early).

@@ -1,9 +1,9 @@
 // The 64 x 64 tile product shared by the distance, top-k and rank-counting kernels (distance.cu, topk.cu,
 // rank_count.cu): block shape, staging of 64 x 16 slabs through shared memory, the per-slab update of a
-// thread's 4 x 4 micro-tile of dot products and of the row norms, and the walk over the feature axis of one
-// tile (multiply_tile). Every kernel finishes an entry with device::finish_distance on the same dots and
-// factors, so an entry is the same float in all of them. Layout, bank-conflict and rounding rationale:
-// distance.cu's header.
+// thread's 4 x 4 micro-tile of dot products and of the row norms, the walk over the feature axis of one tile
+// (multiply_tile) and over a run of tiles (for_each_tile). Every kernel finishes an entry with
+// device::finish_distance on the same dots and factors, so an entry is the same float in all of them.
+// Layout, bank-conflict and rounding rationale: distance.cu's header.
 #pragma once
 
 #include <cstdint>
