@@ -176,6 +176,26 @@ def test_kernel_matches_counting_reference(device, backend, dtype, grouped, cols
 
 
 @pytest.mark.parametrize("device,backend", CUDA)
+def test_kernel_item_indices_past_2_32(device, backend):
+    """Gallery indices are 64-bit: ties between items and pivots past 2^32 still go to the smaller index."""
+    rng = np.random.default_rng(32)
+    rows, cols, first_item = 9, 37, 2**32 + 3
+    query = torch.from_numpy(rng.integers(-1, 2, (rows, 2))).to(device, torch.float32)
+    gallery = torch.from_numpy(rng.integers(-1, 2, (cols, 2))).to(device, torch.float32)
+    with reidfast.use_backend("cuda"):
+        distances = reidfast.pairwise_distance(query, gallery, "sqeuclidean").cpu().numpy()
+    offsets, _, column = random_pivots(rng, distances, 5, cols)
+    pivot_distance = distances[np.repeat(np.arange(rows), np.diff(offsets)), column]  # ties with the items
+    pivot_index = first_item + column + rng.integers(-1, 2, column.size)  # before, at or after that item
+    order = np.lexsort((pivot_index, pivot_distance, np.repeat(np.arange(rows), np.diff(offsets))))
+    pivots = (offsets, pivot_distance[order], pivot_index[order])
+    want, _ = reference.rank_count_block(distances, first_item, *pivots)
+    histogram, _ = run_kernel(device, query, gallery, first_item, "sqeuclidean", pivots)
+    np.testing.assert_array_equal(histogram, want)
+    assert want.sum() > 0
+
+
+@pytest.mark.parametrize("device,backend", CUDA)
 def test_kernel_is_schedule_independent(device, backend):
     """Under the emulator: the same histogram whatever order the threads run in (shared-memory races would show)."""
     if not _native.emulating_cuda():
