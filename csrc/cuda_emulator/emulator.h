@@ -19,7 +19,7 @@
 // (227 KiB). Checked beyond it (the launch throws std::runtime_error naming the kernel's block and thread):
 // warp collectives need all 32 lanes present and unexited (full masks only), and a barrier that can never
 // be reached (deadlock) is reported instead of hanging.
-// Atomics are plain read-modify-writes: fibers switch only at barriers, so none is interrupted.
+// atomicAdd (unsigned long long) is a plain read-modify-write: fibers switch only at barriers, so it is atomic.
 // Not emulated: cooperative groups, streams (launches run synchronously), global-memory bounds.
 #pragma once
 
