@@ -13,6 +13,9 @@ above the inputs):
   triplet    batch-hard forward + backward at B = 512, 2048, 8192, D = 2048 vs the torch formula (cdist + masks)
              and pytorch-metric-learning where installed;
   evaluation Market-1501 scale: reidfast.evaluate on the distance matrix vs the reference;
+  evaluate_features  Market-1501 + 500k distractors (3368 x 519,732, D = 2048) from features: reidfast
+             evaluate_features on each live backend (cuda: rank counting fused into the distance tile, no Q x G
+             matrix) vs a bare blockwise x @ y.T of the same shapes (the floor), 2 timed runs;
   rerank     Market-1501 scale from features (3368 queries, 15913 gallery, D = 2048) vs the reference (one
              cold run each: the reference alone takes tens of seconds), last.
 """
@@ -33,6 +36,7 @@ from reidfast.reference import evaluation as reference_evaluation
 from reidfast.reference import rerank as reference_rerank
 
 MARKET = dict(queries=3368, gallery=15913, identities=751, cameras=6)
+DISTRACTORS_500K = 503_819  # Market-1501 + 500k: 519,732 gallery items
 
 
 class Recorder:
@@ -191,12 +195,35 @@ def bench_evaluation(recorder, device, scale, dim, repeats) -> None:
     compare(recorder, "evaluation", runs, device, repeats, **scale, d=dim)
 
 
+def bench_evaluate_features(recorder, device, scale, distractors, dim, repeats, block=1 << 16) -> None:
+    """Market + distractors (pid 0: ranked like any other pid), features generated on the device."""
+    query, gallery, q_pids, g_pids, q_camids, g_camids = market_like(device, scale, dim)
+    generator = torch.Generator(device).manual_seed(1)
+    noise = torch.randn(distractors, dim, device=device, generator=generator)
+    gallery = torch.cat([gallery, noise * gallery.norm(dim=1).mean() / dim ** 0.5])
+    del noise
+    g_pids = torch.cat([g_pids, torch.zeros(distractors, dtype=g_pids.dtype)])
+    g_camids = torch.cat([g_camids, torch.randint(scale["cameras"], (distractors,))])
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    buffer = torch.empty(query.shape[0], min(block, gallery.shape[0]), device=device)
+
+    def blockwise_matmul():
+        for start in range(0, gallery.shape[0], block):
+            part = gallery[start:start + block]
+            torch.mm(query, part.T, out=buffer[:, :part.shape[0]])
+
+    runs = {"blockwise x @ y.T": blockwise_matmul}
+    for name in live_backends(device):
+        runs[f"reidfast[{name}]"] = with_backend(name, lambda: reidfast.evaluate_features(query, gallery, *labels))
+    compare(recorder, "evaluate_features", runs, device, repeats, **scale, gallery_total=gallery.shape[0], d=dim)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes, on the CPU when there is no card")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", default=None, help="cases: distance topk triplet evaluation rerank")
+    parser.add_argument("--only", nargs="*", default=None, help="cases: distance topk triplet evaluation evaluate_features rerank")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.dry_run:
@@ -214,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         "triplet": lambda: bench_triplet(recorder, device, (32, 64) if tiny else (512, 2048, 8192),
                                          16 if tiny else 2048, repeats),
         "evaluation": lambda: bench_evaluation(recorder, device, scale, 16 if tiny else 2048, repeats),
+        "evaluate_features": lambda: bench_evaluate_features(recorder, device, scale, 200 if tiny else DISTRACTORS_500K,
+                                                             16 if tiny else 2048, min(repeats, 2)),
         "rerank": lambda: bench_rerank(recorder, device, scale, 16 if tiny else 2048, 1),
     }
     for name in args.only or cases:

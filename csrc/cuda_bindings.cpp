@@ -6,6 +6,7 @@
 #include "array_binding.h"
 #include "common/array.h"
 #include "cuda/distance.h"
+#include "cuda/rank_count.h"
 #include "cuda/rerank.h"
 #include "cuda/topk.h"
 #include "cuda/triplet.h"
@@ -16,6 +17,16 @@ using reidfast::ArrayView;
 
 namespace reidfast {
 namespace bindings {
+namespace {
+
+// An optional array argument: None -> nullptr. Taken as py::object because in the emulator module (whose
+// ArrayView is module-local) pybind11 hands a None for `const ArrayView*` to _C's global ArrayView type in its
+// no-conversion pass, which rejects None; casting ourselves keeps None working in both modules.
+const ArrayView* optional_view(const py::object& value) {
+  return value.is_none() ? nullptr : value.cast<const ArrayView*>();
+}
+
+}  // namespace
 
 void add_cuda_kernels(py::module_& m) {
   m.def("cuda_device_count", &reidfast::cuda::device_count);
@@ -83,6 +94,26 @@ void add_cuda_kernels(py::module_& m) {
       },
       py::arg("query_crow"), py::arg("entry_col"), py::arg("entry_val"), py::arg("column_start"),
       py::arg("index_item"), py::arg("index_val"), py::arg("lambda_value"), py::arg("out"), py::arg("stream"));
+
+  // Evaluation straight from features: rank counting fused into the distance tile (cuda/rank_count.h).
+  m.def(
+      "rank_count_cuda",
+      [](const ArrayView& query, const ArrayView& gallery, int64_t first_item, int metric,
+         const ArrayView& pivot_offsets, const ArrayView& pivot_distance, const ArrayView& pivot_index,
+         const py::object& row_labels, const py::object& item_labels, const py::object& groups, int64_t num_groups,
+         const ArrayView& histogram, const ArrayView& nan_count, std::uintptr_t stream) {
+        const ArrayView* const row_label_view = optional_view(row_labels);
+        const ArrayView* const item_label_view = optional_view(item_labels);
+        const ArrayView* const group_view = optional_view(groups);
+        py::gil_scoped_release release;
+        reidfast::cuda::rank_count(query, gallery, first_item, to_metric(metric), pivot_offsets, pivot_distance,
+                                   pivot_index, row_label_view, item_label_view, group_view, num_groups, histogram,
+                                   nan_count, stream);
+      },
+      py::arg("query"), py::arg("gallery"), py::arg("first_item"), py::arg("metric"), py::arg("pivot_offsets"),
+      py::arg("pivot_distance"), py::arg("pivot_index"), py::arg("row_labels").none(true),
+      py::arg("item_labels").none(true), py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"),
+      py::arg("nan_count"), py::arg("stream"));
 
   // [bindings: cuda]  (marker: add CUDA bindings above)
 }

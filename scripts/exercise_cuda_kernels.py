@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import torch
 
@@ -25,7 +26,8 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 2e-2, torc
 
 def launches(device: torch.device, dtype: torch.dtype, metric: str) -> None:
     """Distance; top-k with one column chunk, several chunks (merge kernel) and a k that needs more than
-    48 KiB of shared memory; batch-hard mining (with and without separate candidates) and its backward."""
+    48 KiB of shared memory; batch-hard mining (with and without separate candidates) and its backward; rank
+    counting (evaluate_features, both protocols: with and without groups)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(70, 37, generator=generator).to(device, dtype)
     y = torch.randn(200, 37, generator=generator).to(device, dtype)
@@ -40,6 +42,16 @@ def launches(device: torch.device, dtype: torch.dtype, metric: str) -> None:
         assert (values.double() - want).abs().max() <= tolerance, ("topk_distance", dtype, metric, k)
     big = torch.randn(3000, 37, generator=generator).to(device, dtype)  # several column chunks per row tile
     reidfast.topk_distance(x, big, k=20, metric=metric)
+
+    pids = [torch.randint(0, 9, (rows,), generator=generator) for rows in (70, 200)]
+    cameras = [torch.randint(0, 3, (rows,), generator=generator) for rows in (70, 200)]
+    for protocol in ("market1501", "cuhk03"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # queries without a match in other cameras are skipped, and said so
+            got = reidfast.evaluate_features(x, y, *pids, *cameras, metric=metric, protocol=protocol, max_rank=10)
+            with reidfast.use_backend(None):  # evaluate has no cuda kernel: the matrix's default backend
+                want = reidfast.evaluate(distances, *pids, *cameras, protocol=protocol, max_rank=10)
+        assert got.mAP == want.mAP and (got.cmc == want.cmc).all(), ("evaluate_features", dtype, metric, protocol)
 
     if dtype in (torch.float32, torch.float16):
         labels = (torch.arange(70) % 7).to(device)

@@ -77,6 +77,7 @@ KERNELS = {
     "pair_coefficients_kernel": Launch(256, floor=5 * 8 / 64, floor_fp64=4 * 8 / 64),
     "chosen_rows_kernel": Launch(256, floor=5 * 8 / 64, floor_fp64=4 * 8 / 64),
     "rerank_jaccard_kernel": Launch(256, floor=4 * 8 / 64),
+    "rank_count_kernel": Launch(256, floor=2 * 8 / 64, floor_fp64=8 / 64),
 }
 
 

@@ -73,56 +73,29 @@ __global__ void __launch_bounds__(kThreads, kDistanceBlocksPerSM<AccT>)
     pairwise_distance_kernel(const InT* __restrict__ x, const InT* __restrict__ y, AccT* __restrict__ out,
                              int64_t x_rows, int64_t y_rows, int64_t features, int64_t x_row_stride,
                              int64_t y_row_stride, int col_tiles, Metric metric) {
-  __shared__ __align__(16) AccT x_slab[kTileDepth][kSharedPitch];
-  __shared__ __align__(16) AccT y_slab[kTileDepth][kSharedPitch];
-  __shared__ AccT x_factors[kTileRows];  // per-row epilogue inputs, see row_factor()
-  __shared__ AccT y_factors[kTileCols];
-
+  __shared__ TileShared<AccT> shared;  // staged slabs and per-row epilogue inputs, see row_factor()
+  const TileShape shape{x_rows, y_rows, features, x_row_stride, y_row_stride};
   const int64_t row0 = static_cast<int64_t>(blockIdx.x / col_tiles) * kTileRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x % col_tiles) * kTileCols;
   const int thread_row = threadIdx.x / kThreadsAlongCols;
   const int thread_col = threadIdx.x % kThreadsAlongCols;
 
-  const NormOwner norm_owner;
-  AccT norm = AccT(0);
   AccT dots[kMicroRows][kMicroCols];
-  zero_micro_tile(dots);
-
   InT x_staged[kLoadsPerThread];
   InT y_staged[kLoadsPerThread];
-  fetch_slab(x, x_rows, features, x_row_stride, row0, 0, x_staged);
-  fetch_slab(y, y_rows, features, y_row_stride, col0, 0, y_staged);
+  fetch_first_slabs(x, y, shape, row0, col0, x_staged, y_staged);
+  multiply_tile(x, y, shape, row0, col0, /*next_col0=*/int64_t{-1}, metric, shared, x_staged, y_staged, dots);
 
-  for (int64_t first_feature = 0; first_feature < features; first_feature += kTileDepth) {
-    store_slab(x_staged, x_slab);
-    store_slab(y_staged, y_slab);
-    __syncthreads();
-
-    // Prefetch the next slab into registers; the loads complete while this slab is multiplied.
-    const int64_t next_feature = first_feature + kTileDepth;
-    if (next_feature < features) {
-      fetch_slab(x, x_rows, features, x_row_stride, row0, next_feature, x_staged);
-      fetch_slab(y, y_rows, features, y_row_stride, col0, next_feature, y_staged);
-    }
-
-    multiply_slab(x_slab, y_slab, thread_row, thread_col, norm_owner, norm, dots);
-    __syncthreads();  // the next iteration overwrites the slabs
-  }
-
-  // Epilogue: publish the per-row factors, then each thread finishes its micro-tile.
-  if (norm_owner.x) x_factors[norm_owner.index] = row_factor(norm, metric);
-  if (norm_owner.y) y_factors[norm_owner.index] = row_factor(norm, metric);
-  __syncthreads();
-
+  // Epilogue: each thread finishes its micro-tile from the published per-row factors.
   AccT col_factors[kMicroCols];
 #pragma unroll
-  for (int j = 0; j < kMicroCols; ++j) col_factors[j] = y_factors[thread_col * kMicroCols + j];
+  for (int j = 0; j < kMicroCols; ++j) col_factors[j] = shared.y_factors[thread_col * kMicroCols + j];
 
 #pragma unroll
   for (int i = 0; i < kMicroRows; ++i) {
     const int64_t row = row0 + thread_row * kMicroRows + i;
     if (row >= x_rows) break;  // rows only increase with i
-    const AccT row_factor_i = x_factors[thread_row * kMicroRows + i];
+    const AccT row_factor_i = shared.x_factors[thread_row * kMicroRows + i];
     AccT* out_row = out + row * y_rows;
 #pragma unroll
     for (int j = 0; j < kMicroCols; ++j) {

@@ -19,7 +19,8 @@
 // (227 KiB). Checked beyond it (the launch throws std::runtime_error naming the kernel's block and thread):
 // warp collectives need all 32 lanes present and unexited (full masks only), and a barrier that can never
 // be reached (deadlock) is reported instead of hanging.
-// Not emulated: atomics, cooperative groups, streams (launches run synchronously), global-memory bounds.
+// atomicAdd (unsigned long long) is a plain read-modify-write: fibers switch only at barriers, so it is atomic.
+// Not emulated: cooperative groups, streams (launches run synchronously), global-memory bounds.
 #pragma once
 
 #include <cmath>
@@ -169,6 +170,11 @@ inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
 }
 
 inline int __popc(unsigned int value) { return __builtin_popcount(value); }
+inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;  // atomic here: a fiber runs uninterrupted between barriers
+  *address = old + value;
+  return old;
+}
 // Explicitly rounded single-precision operations (never contracted into an FMA): plain IEEE ones here.
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

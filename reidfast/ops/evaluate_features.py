@@ -527,3 +527,8 @@ def evaluate_features(
             stacklevel=2,
         )
     return result
+
+
+# The cuda backend lives in its own module and registers itself on EVALUATE_FEATURES (imported last: it uses
+# this module's pass machinery).
+from . import evaluate_features_cuda  # noqa: E402,F401
