@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from reidfast.kernels.triton import distance, topk, triplet, triplet_backward
+from reidfast.kernels.triton import distance, rank_count, topk, triplet, triplet_backward
 
 out_dir = Path(sys.argv[1])
 
@@ -61,6 +61,13 @@ for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("fp16", "ieee"), (
                     **ints("n", "m", "dim", "k", "x_row_stride", "y_row_stride", "tune_n", "tune_m", "tune_dim")},
                    dict(METRIC=2, SAME_INPUT=True, EXCLUDE_SELF=True, FP64=False, INPUT_PRECISION=precision,
                         UPCAST_DOT=False, SWAP_BY_PERMUTE=False, K_PAD=32, BLOCK_N=32, BLOCK_M=64, BLOCK_D=32))
+    compile_kernel("rankcount_" + tag, rank_count._rank_count_kernel,
+                   {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, **ints("n", "m", "dim", "x_row_stride", "y_row_stride", "col0"),
+                    "offsets_ptr": "*i64", "pivot_distance_ptr": "*fp32", "pivot_index_ptr": "*i64",
+                    "row_labels_ptr": "*i64", "item_labels_ptr": "*i64", "groups_ptr": "*i64", "histogram_ptr": "*i64",
+                    "nan_count_ptr": "*i64", **ints("num_groups", "search_steps")},
+                   dict(METRIC=0, HAS_GROUPS=True, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False,
+                        BLOCK_N=64, BLOCK_M=64, BLOCK_D=32))
     compile_kernel("mine_" + tag, triplet._batch_hard_mine_kernel,
                    {"anchors_ptr": "*" + dtype, "candidates_ptr": "*" + dtype, "anchor_labels_ptr": "*i64",
                     "candidate_labels_ptr": "*i64", "anchor_index_ptr": "*i64", "dist_ap_ptr": "*fp32",
@@ -150,7 +157,7 @@ def compiled_ttir(tmp_path_factory) -> dict[str, str]:
 
 def test_kernels_compile_for_sm90_without_a_card(compiled_ttir):
     kernels = {name.split("_")[0] for name in compiled_ttir}
-    assert kernels == {"planted", "distance", "topk", "mine", "backward"}, sorted(compiled_ttir)
+    assert kernels == {"planted", "distance", "topk", "rankcount", "mine", "backward"}, sorted(compiled_ttir)
 
 
 def test_address_arithmetic_with_sizes_and_strides_is_64_bit(compiled_ttir):

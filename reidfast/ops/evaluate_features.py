@@ -515,3 +515,6 @@ def evaluate_features(
             stacklevel=2,
         )
     return result
+
+
+from . import evaluate_features_triton  # noqa: E402,F401  (registers the triton backend; it imports from here)

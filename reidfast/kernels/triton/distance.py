@@ -20,10 +20,17 @@ import torch
 import triton
 import triton.language as tl
 
+from triton.runtime.jit import JITFunction
+
 from ..._native import METRIC_CODES
 from .common import correctly_rounded_sqrt, same_rows
 
 _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = METRIC_CODES["euclidean"], METRIC_CODES["sqeuclidean"], METRIC_CODES["cosine"]
+# Under TRITON_INTERPRET=1 tl.dot is numpy's matmul (BLAS), whose float result for an entry depends on its
+# column's place in the tile (OpenBLAS rounds edge columns differently: equal columns give unequal entries).
+# There the product is a broadcast sum over each BLOCK_D chunk instead, the same operations for every entry,
+# as tl.dot's are on a card; so the fused kernels and pairwise_distance agree bitwise in the tests too.
+_INTERPRETED = tl.constexpr(not isinstance(correctly_rounded_sqrt, JITFunction))
 
 
 @triton.jit
@@ -50,7 +57,7 @@ def dot_and_norms(
         if WITH_X_NORM:
             x_norm += tl.sum(x_wide * x_wide, axis=1)
         y_norm += tl.sum(y_wide * y_wide, axis=1)
-        if FP64:
+        if FP64 or _INTERPRETED:
             acc += tl.sum(x_wide[:, None, :] * y_wide[None, :, :], axis=2)
         elif UPCAST_DOT:
             acc = tl.dot(x_wide, tl.trans(y_wide), acc, input_precision="ieee")
@@ -84,10 +91,11 @@ def distance_from_dot(acc, x_norm, y_norm, rows, cols, METRIC: tl.constexpr, SAM
         squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
         if SAME_INPUT:  # tl.dot and tl.sum round differently: make a row's distance to itself exact
             squared = tl.where(rows[:, None] == cols[None, :], squared * 0.0, squared)  # NaN stays NaN
+        # NaN (inf - inf from overflowing features) stays NaN, as in torch.clamp_min: the ops reject it
         if METRIC == 1:  # sqeuclidean
-            dist = tl.maximum(squared, 0.0)
+            dist = tl.maximum(squared, 0.0, propagate_nan=tl.PropagateNan.ALL)
         else:
-            dist = correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
+            dist = correctly_rounded_sqrt(tl.maximum(squared, 1e-12, propagate_nan=tl.PropagateNan.ALL), FP64)
     return dist
 
 

@@ -32,8 +32,8 @@ K_PAD-th key is skipped. Masked rows/columns and the excluded self column get th
 be < 2**31. The network is written here rather than taken from tl.topk/tl.bitonic_merge to carry the float64
 column payload and to run fast under TRITON_INTERPRET=1 (see _axis_last); compiled, it is tl.sort's network.
 
-Non-finite inputs are the op layer's business (it rejects them): NaN scores rank after +inf, but tl.maximum
-and torch.clamp_min treat NaN differently, so such rows need not match the reference.
+Non-finite inputs are the op layer's business (it rejects them); NaN scores (inf - inf from overflowing
+features: distance_from_dot keeps NaN, as torch.clamp_min does) rank after +inf, as in torch.sort.
 """
 from __future__ import annotations
 
