@@ -152,7 +152,7 @@ def test_rank_count_kernel_matches_reference(dtype, grouped):
     nan_count = torch.zeros(1, dtype=torch.int64, device=DEVICE)
     search_steps = int(np.diff(offsets).max()).bit_length()
     rank_count.rank_count_block(
-        query.to(DEVICE), gallery.to(DEVICE), col0, device(offsets), device(pivot_distance), device(pivot_index),
+        query.to(DEVICE), gallery.to(DEVICE), col0, device(offsets), device(pivot_distance), device(pivot_index).int(),
         device(row_labels), device(item_labels), device(groups), num_groups, histogram, nan_count, "sqeuclidean",
         search_steps,
     )
@@ -165,7 +165,7 @@ def test_rank_count_kernel_rejects_bad_arguments():
 
     query, gallery = torch.zeros(2, 3, device=DEVICE), torch.zeros(4, 3, device=DEVICE)
     int64 = lambda *values: torch.tensor(values, dtype=torch.int64, device=DEVICE)  # noqa: E731
-    good = dict(pivot_offsets=int64(0, 1, 2), pivot_distance=torch.zeros(2, device=DEVICE), pivot_index=int64(0, 1),
+    good = dict(pivot_offsets=int64(0, 1, 2), pivot_distance=torch.zeros(2, device=DEVICE), pivot_index=int64(0, 1).int(),
                 row_labels=int64(0, 0), item_labels=int64(0, 0, 0, 0), groups=None, num_groups=1,
                 histogram=int64(0, 0), nan_count=int64(0))
     call = lambda **kw: rank_count.rank_count_block(query, gallery, 0, **{**good, **kw}, metric="euclidean",  # noqa: E731
@@ -177,6 +177,8 @@ def test_rank_count_kernel_rejects_bad_arguments():
         call(pivot_distance=torch.zeros(2, dtype=torch.float64, device=DEVICE))
     with pytest.raises(ValueError, match="histogram: expected length 2"):
         call(histogram=int64(0))
+    with pytest.raises(ValueError, match="pivot_index: expected int32"):
+        call(pivot_index=int64(0, 1))
     with pytest.raises(ValueError, match="row_labels: expected int64"):
         call(row_labels=torch.zeros(2, dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match="num_groups: expected 1 without groups"):

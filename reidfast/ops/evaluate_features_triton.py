@@ -48,7 +48,7 @@ class _TritonPass:
 
         offsets = on_device(pivot_offsets, torch.int64)
         distance = on_device(pivot_distance, self.inputs.distance_dtype)
-        index = on_device(pivot_index, torch.int64)
+        index = on_device(pivot_index, torch.int32)  # global indices < 2**31 (rank_count checks)
         row_labels = self.inputs.labels.q_pids[torch.from_numpy(rows)].to(device)
         item_labels = self.inputs.labels.g_pids.to(device)  # global with group=
         groups_device = None if groups is None else groups.to(device=device, dtype=torch.int64).contiguous()

@@ -140,14 +140,19 @@ class TileOptions:
     block_n: int
     block_m: int
     block_d: int
+    # Triton's defaults, written out: the layouts (and so the reduction order of the norms) follow the warps
+    num_warps: int = 4
+    num_stages: int = 3
 
     @property
     def out_dtype(self) -> torch.dtype:
         return torch.float64 if self.fp64 else torch.float32
 
     def constants(self) -> dict:
+        """The kernel's constexpr arguments and launch options."""
         return dict(FP64=self.fp64, INPUT_PRECISION=self.input_precision, UPCAST_DOT=self.upcast_dot,
-                    BLOCK_N=self.block_n, BLOCK_M=self.block_m, BLOCK_D=self.block_d)
+                    BLOCK_N=self.block_n, BLOCK_M=self.block_m, BLOCK_D=self.block_d, num_warps=self.num_warps,
+                    num_stages=self.num_stages)
 
 
 def tile_options(x: torch.Tensor) -> TileOptions:

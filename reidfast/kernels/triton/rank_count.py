@@ -20,7 +20,8 @@ entry as the tile's dot product on the tensor cores; the search costs ~7 masked 
 in L1, and only survivors touch memory. Counts go to the histogram by tl.atomic_add (int64, relaxed: only the
 sums matter), one per surviving entry.
 
-64-bit offsets: row * stride in distance_tile, pivot offsets int64, gallery indices col0 + col in int64.
+64-bit offsets: row * stride in distance_tile, pivot offsets and histogram slots int64. Gallery indices and
+the pivots' gallery indices are int32 (fewer registers in the search; the launcher requires G < 2**31).
 """
 from __future__ import annotations
 
@@ -38,19 +39,20 @@ _NEG_INF = tl.constexpr(float("-inf"))  # triton.jit reads only constexpr global
 @triton.jit
 def _pivot_slots(dist, item, candidate, first, count, pivot_distance_ptr, pivot_index_ptr, search_steps):
     """For each candidate entry (distance dist, gallery index item) of a (BLOCK_N, BLOCK_M) tile, the number
-    of its row's pivots (from `first`, `count` of them) with a smaller (distance, index) key."""
-    lo = tl.zeros(dist.shape, dtype=tl.int32)
-    hi = tl.broadcast_to(count[:, None], dist.shape)
+    of its row's pivots (from `first`, `count` of them) with a smaller (distance, index) key: a binary search
+    by descending powers of two (one loop-carried array: fewer registers than lo/hi bounds)."""
+    slot = tl.zeros(dist.shape, dtype=tl.int32)
+    step = (1 << search_steps) >> 1
     for _ in range(search_steps):
-        active = candidate & (lo < hi)
-        mid = (lo + hi) >> 1
-        pivot = first[:, None] + mid
+        probe = slot + step
+        active = candidate & (probe <= count[:, None])
+        pivot = first[:, None] + (probe - 1)
         pivot_distance = tl.load(pivot_distance_ptr + pivot, mask=active, other=0.0)
-        pivot_index = tl.load(pivot_index_ptr + pivot, mask=active, other=0)
+        pivot_index = tl.load(pivot_index_ptr + pivot, mask=active & (pivot_distance == dist), other=0)
         before = (pivot_distance < dist) | ((pivot_distance == dist) & (pivot_index < item[None, :]))
-        lo = tl.where(active & before, mid + 1, lo)
-        hi = tl.where(active & ~before, mid, hi)
-    return lo
+        slot = tl.where(active & before, probe, slot)
+        step = step >> 1
+    return slot
 
 
 @triton.jit
@@ -78,7 +80,7 @@ def _rank_count_kernel(
     farthest = tl.load(pivot_distance_ptr + first + count - 1, mask=row_ok & (count > 0), other=_NEG_INF)
     candidate = valid & (dist <= farthest[:, None])  # NaN: never
     if tl.max(candidate.to(tl.int32)) > 0:
-        item = cols.to(tl.int64) + col0  # global gallery index
+        item = cols + col0  # global gallery index (< 2**31: the launcher checks)
         item_label = tl.load(item_labels_ptr + item, mask=col_ok, other=0)
         row_label = tl.load(row_labels_ptr + rows, mask=row_ok, other=0)
         candidate = candidate & (item_label[None, :] != row_label[:, None])
@@ -104,7 +106,8 @@ def rank_count_block(
 
     query (Q, D), gallery (B, D): one floating dtype and device, unit inner stride; gallery's row 0 is global
     gallery item col0. pivot_offsets (Q + 1,) int64; pivot_distance (P,) float32 (float64 for float64
-    features), sorted per row by (distance, index); pivot_index (P,) int64 global indices; row_labels (Q,) and
+    features), sorted per row by (distance, index); pivot_index (P,) int32 global indices (the gallery
+    has fewer than 2**31 items; int32 spares registers in the search); row_labels (Q,) and
     item_labels (>= col0 + B,) int64; groups None (num_groups 1) or (>= col0 + B,) int64 in [0, num_groups);
     histogram (P * num_groups,) int64; nan_count (1,) int64. search_steps >= bit_length(max pivots per row).
     """
@@ -113,12 +116,15 @@ def rank_count_block(
     _expect(gallery.dtype == query.dtype and gallery.device == device and gallery.shape[1] == query.shape[1],
             "gallery", f"(B, {query.shape[1]}) {query.dtype} on {device}", f"{tuple(gallery.shape)} {gallery.dtype} on {gallery.device}")
     _expect(pivot_distance.dtype == options.out_dtype, "pivot_distance", str(options.out_dtype), pivot_distance.dtype)
+    _expect(pivot_index.dtype == torch.int32, "pivot_index", "int32", pivot_index.dtype)
+    _expect(col0 + gallery.shape[0] < 2**31, "gallery", "global indices below 2**31", col0 + gallery.shape[0])
     for name, tensor in (("pivot_offsets", pivot_offsets), ("pivot_index", pivot_index), ("row_labels", row_labels),
                          ("item_labels", item_labels), ("histogram", histogram), ("nan_count", nan_count),
                          ("pivot_distance", pivot_distance)) + ((("groups", groups),) if groups is not None else ()):
         _expect(tensor.device == device and tensor.dim() == 1 and tensor.is_contiguous(), name,
                 f"a contiguous vector on {device}", f"shape {tuple(tensor.shape)} on {tensor.device}")
-        _expect(tensor is pivot_distance or tensor.dtype == torch.int64, name, "int64", tensor.dtype)
+        _expect(tensor is pivot_distance or tensor is pivot_index or tensor.dtype == torch.int64, name, "int64",
+                tensor.dtype)
     _expect(pivot_offsets.shape[0] == query.shape[0] + 1, "pivot_offsets", f"length {query.shape[0] + 1}", pivot_offsets.shape[0])
     _expect(histogram.shape[0] == pivot_index.shape[0] * num_groups, "histogram",
             f"length {pivot_index.shape[0] * num_groups}", histogram.shape[0])
