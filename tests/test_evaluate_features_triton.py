@@ -110,6 +110,7 @@ def test_skipped_queries_and_queries_without_matches():
     assert_same(result, expected(*problem))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_overflowing_distances_raise():
     query, gallery, *labels = make_problem(np.random.default_rng(0), 6, 40, 4, 3)
     gallery = gallery.clone()
@@ -122,6 +123,7 @@ def test_overflowing_distances_raise():
 # The counting kernel against reference.rank_count_block, on integer features (exact distances, many ties
 # with the pivots), with the label exclusion, CUHK03 groups, an offset block and NaN distances.
 # ---------------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_rank_count_kernel_matches_reference(dtype, grouped):

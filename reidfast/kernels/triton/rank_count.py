@@ -13,12 +13,13 @@ on a block of distances:
 
 Filter first: an entry behind the row's farthest pivot (d > distance[last]) never counts, and that is most
 entries; a tile with no survivor skips the epilogue after one compare per entry. Survivors are placed by a
-branch-free binary search over their row's pivots (masked gathers of the pivot arrays, bit_length(max count)
-steps). A loop over the pivots instead would cost max-count full-tile compares on the CUDA cores per tile,
-whatever the survivors: Market-1501 has rows with ~70 matches, and at D = 256 that is as many operations per
-entry as the tile's dot product on the tensor cores; the search costs ~7 masked gathers of a few KiB that stay
-in L1, and only survivors touch memory. Counts go to the histogram by tl.atomic_add (int64, relaxed: only the
-sums matter), one per surviving entry.
+branch-free binary search over their row's pivots (probes at descending powers of two, bit_length(W) steps
+for W the most pivots of any row: masked gathers of the pivot arrays, the pivot's index gathered only on a
+distance tie). Why not a loop over the pivots: it costs W full-tile compares per tile on the CUDA cores
+whatever the survivors, and W is dozens on re-ID galleries (a query's matches), which at D = 256 rivals the
+tile's dot product on the tensor cores; the search's gathers touch a few KiB that stay in L1, and only for
+survivors. Counts go to the histogram by tl.atomic_add (int64, relaxed: only the sums matter), one per
+counted entry.
 
 64-bit offsets: row * stride in distance_tile, pivot offsets and histogram slots int64. Gallery indices and
 the pivots' gallery indices are int32 (fewer registers in the search; the launcher requires G < 2**31).
@@ -114,7 +115,8 @@ def rank_count_block(
     options = tile_options(query)
     device = query.device
     _expect(gallery.dtype == query.dtype and gallery.device == device and gallery.shape[1] == query.shape[1],
-            "gallery", f"(B, {query.shape[1]}) {query.dtype} on {device}", f"{tuple(gallery.shape)} {gallery.dtype} on {gallery.device}")
+            "gallery", f"(B, {query.shape[1]}) {query.dtype} on {device}",
+            f"{tuple(gallery.shape)} {gallery.dtype} on {gallery.device}")
     _expect(pivot_distance.dtype == options.out_dtype, "pivot_distance", str(options.out_dtype), pivot_distance.dtype)
     _expect(pivot_index.dtype == torch.int32, "pivot_index", "int32", pivot_index.dtype)
     _expect(col0 + gallery.shape[0] < 2**31, "gallery", "global indices below 2**31", col0 + gallery.shape[0])
@@ -125,7 +127,8 @@ def rank_count_block(
                 f"a contiguous vector on {device}", f"shape {tuple(tensor.shape)} on {tensor.device}")
         _expect(tensor is pivot_distance or tensor is pivot_index or tensor.dtype == torch.int64, name, "int64",
                 tensor.dtype)
-    _expect(pivot_offsets.shape[0] == query.shape[0] + 1, "pivot_offsets", f"length {query.shape[0] + 1}", pivot_offsets.shape[0])
+    _expect(pivot_offsets.shape[0] == query.shape[0] + 1, "pivot_offsets", f"length {query.shape[0] + 1}",
+            pivot_offsets.shape[0])
     _expect(histogram.shape[0] == pivot_index.shape[0] * num_groups, "histogram",
             f"length {pivot_index.shape[0] * num_groups}", histogram.shape[0])
     _expect(groups is not None or num_groups == 1, "num_groups", "1 without groups", num_groups)
