@@ -185,3 +185,41 @@ def test_rank_count_kernel_rejects_bad_arguments():
         call(row_labels=torch.zeros(2, dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match="num_groups: expected 1 without groups"):
         call(num_groups=2, histogram=int64(0, 0, 0, 0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# group=: 2 gloo processes, each with a gallery shard (global gallery indices in the kernel's col0).
+# ---------------------------------------------------------------------------------------------------------
+SHARDED_CASES = [("uneven", "market1501"), ("rank-0-empty", "cuhk03")]
+
+
+def _sharded_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import os
+    import pickle
+
+    import torch.distributed as dist
+    from test_evaluate_features_distributed import SHARDS, WORLD_SIZE, run
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        outputs = {case: run("triton", case[1], slice(*SHARDS[case[0]][rank]), dist.group.WORLD) for case in SHARDED_CASES}
+        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
+            pickle.dump(outputs, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="gloo with host tensors: the interpreter's case")
+def test_gallery_sharded_over_two_processes():
+    from conftest import spawn_ranks
+    from test_evaluate_features_distributed import WORLD_SIZE, run
+
+    outputs = spawn_ranks(_sharded_worker, WORLD_SIZE)
+    for shard, protocol in SHARDED_CASES:
+        whole = run("triton", protocol)
+        assert whole == dict(run("cpu", protocol), backend="triton")  # integer features: exact distances on both
+        for rank in range(WORLD_SIZE):
+            assert outputs[rank][shard, protocol] == whole, (rank, shard, protocol)
