@@ -8,9 +8,11 @@ Accumulation in float32 (float64 for float64 inputs). float32 products follow
 torch.backends.cuda.matmul.allow_tf32, like torch.mm.
 
 The tile helpers (dot_and_norms, distance_from_dot, distance_tile) are shared by the fused kernels (top-k in
-topk.py, rank counting in rank_count.py): an entry's float operations depend only on BLOCK_D and the launch
-options (TileOptions), never on the entry's place in the tile, so a kernel launched with the same TileOptions
-sees bitwise the distances of pairwise_distance.
+topk.py, rank counting in rank_count.py). An entry's float operations are meant to depend only on BLOCK_D and
+the launch options (TileOptions), not on the entry's place in the tile, so that a kernel launched with the
+same TileOptions sees bitwise the distances of pairwise_distance: tested under the interpreter
+(tests/test_evaluate_features_triton.py); on a card it rests on the same code, tile and warps compiling to
+the same per-entry instructions (not yet checked on one).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-
 from triton.runtime.jit import JITFunction
 
 from ..._native import METRIC_CODES
