@@ -529,6 +529,7 @@ def evaluate_features(
     return result
 
 
-# The cuda backend lives in its own module and registers itself on EVALUATE_FEATURES (imported last: it uses
-# this module's pass machinery).
+# The cuda and triton backends live in their own modules and register themselves on EVALUATE_FEATURES
+# (imported last: they use this module's pass machinery).
 from . import evaluate_features_cuda  # noqa: E402,F401
+from . import evaluate_features_triton  # noqa: E402,F401

@@ -32,8 +32,8 @@ K_PAD-th key is skipped. Masked rows/columns and the excluded self column get th
 be < 2**31. The network is written here rather than taken from tl.topk/tl.bitonic_merge to carry the float64
 column payload and to run fast under TRITON_INTERPRET=1 (see _axis_last); compiled, it is tl.sort's network.
 
-Non-finite inputs are the op layer's business (it rejects them): NaN scores rank after +inf, but tl.maximum
-and torch.clamp_min treat NaN differently, so such rows need not match the reference.
+Non-finite inputs are the op layer's business (it rejects them); NaN scores (inf - inf from overflowing
+features: distance_from_dot keeps NaN, as torch.clamp_min does) rank after +inf, as in torch.sort.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction, constexpr_function
 
 from ..._native import METRIC_CODES
-from .common import check_features, correctly_rounded_sqrt, prune_by_dot_path, same_rows, tuning_bucket
+from .common import check_features, prune_by_dot_path, same_rows, tuning_bucket
+from .distance import distance_from_dot, dot_and_norms, squared_norms
 
 MAX_K = 128  # K_PAD keys per row live in registers; the caller handles larger k (e.g. by chunks)
 _INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # triton.jit reads only constexpr globals
@@ -183,97 +184,52 @@ def _bitonic_sort_rows(key, col, PAIRS: tl.constexpr, SWAP_BY_PERMUTE: tl.conste
 
 
 @triton.jit
-def _topk_distance_kernel(
-    x_ptr, y_ptr, values_ptr, indices_ptr, n, m, dim, k, x_row_stride, y_row_stride,
-    tune_n, tune_m, tune_dim,  # unused by the kernel: the autotuning key (common.tuning_bucket of n, m, dim)
-    METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP64: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr, K_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    acc_type = tl.float64 if FP64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n
-    x_offsets = rows.to(tl.int64) * x_row_stride  # int64: row * stride can pass 2**31
+def _float32_keys(score, cols, valid):
+    """One int64 key per entry: the monotone int32 image of the float32 score << 32 | column; the largest
+    key where not valid."""
+    bits = score.to(tl.int32, bitcast=True)
+    bits = tl.where(score != score, 0x7FC00000, bits)  # every NaN -> the positive quiet NaN: after +inf
+    bits = tl.where(bits >= 0, bits, bits ^ _INT32_MAX)
+    key = (bits.to(tl.int64) << 32) | cols.to(tl.int64)[None, :]
+    return tl.where(valid, key, _INT64_MAX)
 
-    x_norm = tl.zeros((BLOCK_N,), dtype=acc_type)
-    for start in range(0, dim, BLOCK_D):
-        feats = start + tl.arange(0, BLOCK_D)
-        x_tile = tl.load(x_ptr + x_offsets[:, None] + feats[None, :],
-                         mask=row_ok[:, None] & (feats < dim)[None, :], other=0.0).to(acc_type)
-        x_norm += tl.sum(x_tile * x_tile, axis=1)
-    x_length = tl.maximum(correctly_rounded_sqrt(x_norm, FP64), 1e-12)
 
-    # running top-K_PAD per row, sorted ascending; "no candidate" is the largest key
-    best_key = tl.full((BLOCK_N, K_PAD), _INT64_MAX, dtype=tl.int64)
-    if FP64:
-        best_col = tl.full((BLOCK_N, K_PAD), _INT32_MAX, dtype=tl.int32)
+@triton.jit
+def _float64_keys(score, cols, valid):
+    """(monotone int64 image of the float64 score, int32 column) per entry; the largest pair where not valid."""
+    bits = score.to(tl.int64, bitcast=True)
+    bits = tl.where(score != score, 0x7FF8000000000000, bits)
+    bits = tl.where(bits >= 0, bits, bits ^ _INT64_MAX)
+    return tl.where(valid, bits, _INT64_MAX), tl.where(valid, cols[None, :], _INT32_MAX)
 
-    for column_start in range(0, m, BLOCK_M):
-        cols = column_start + tl.arange(0, BLOCK_M)
-        col_ok = cols < m
-        y_offsets = cols.to(tl.int64) * y_row_stride
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=acc_type)
-        y_norm = tl.zeros((BLOCK_M,), dtype=acc_type)
-        for start in range(0, dim, BLOCK_D):
-            feats = start + tl.arange(0, BLOCK_D)
-            feat_ok = feats < dim
-            x_tile = tl.load(x_ptr + x_offsets[:, None] + feats[None, :],
-                             mask=row_ok[:, None] & feat_ok[None, :], other=0.0)
-            y_tile = tl.load(y_ptr + y_offsets[:, None] + feats[None, :],
-                             mask=col_ok[:, None] & feat_ok[None, :], other=0.0)
-            y_wide = y_tile.to(acc_type)
-            y_norm += tl.sum(y_wide * y_wide, axis=1)
-            if FP64:
-                acc += tl.sum(x_tile.to(acc_type)[:, None, :] * y_wide[None, :, :], axis=2)
-            elif UPCAST_DOT:
-                acc = tl.dot(x_tile.to(acc_type), tl.trans(y_wide), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x_tile, tl.trans(y_tile), acc, input_precision=INPUT_PRECISION)
 
-        # score: the distance itself, so equal float32 distances tie exactly as the reference's do
-        if METRIC == 2:  # cosine
-            y_length = tl.maximum(correctly_rounded_sqrt(y_norm, FP64), 1e-12)
-            score = 1.0 - acc / (x_length[:, None] * y_length[None, :])
-        else:
-            squared = x_norm[:, None] + y_norm[None, :] - 2.0 * acc
-            if SAME_INPUT:  # exact self-distance; NaN stays NaN
-                squared = tl.where(rows[:, None] == cols[None, :], squared * 0.0, squared)
-            if METRIC == 1:  # sqeuclidean
-                score = tl.maximum(squared, 0.0)
-            else:
-                score = correctly_rounded_sqrt(tl.maximum(squared, 1e-12), FP64)
-        score = tl.where(score == 0.0, 0.0, score)  # -0 -> +0: equal scores must give equal keys
+@triton.jit
+def _merge_float32_tile(best_key, key, K_PAD: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr):
+    """The running ascending top-K_PAD keys per row merged with a tile's keys (skipped when the tile's
+    smallest key beats no row's K_PAD-th)."""
+    threshold = tl.max(best_key, axis=1)
+    if tl.max((tl.min(key, axis=1) < threshold).to(tl.int32), axis=0) > 0:
+        tile_best, _ = _topk_smallest(key, key, K_PAD, 1, False, SWAP_BY_PERMUTE)  # descending
+        # ascending running vs descending tile: the minimum is bitonic and holds the K_PAD smallest of the union
+        best_key, _ = _bitonic_sort_rows(tl.minimum(best_key, tile_best), best_key, False, SWAP_BY_PERMUTE)
+    return best_key
 
-        valid = row_ok[:, None] & col_ok[None, :]
-        if EXCLUDE_SELF:
-            valid = valid & (rows[:, None] != cols[None, :])
 
-        if FP64:
-            bits = score.to(tl.int64, bitcast=True)
-            bits = tl.where(score != score, 0x7FF8000000000000, bits)
-            bits = tl.where(bits >= 0, bits, bits ^ _INT64_MAX)
-            key = tl.where(valid, bits, _INT64_MAX)
-            col = tl.where(valid, cols[None, :], _INT32_MAX)
-            threshold = tl.max(best_key, axis=1)
-            if tl.max((tl.min(key, axis=1) <= threshold).to(tl.int32), axis=0) > 0:
-                tile_key, tile_col = _topk_smallest(key, col, K_PAD, 1, True, SWAP_BY_PERMUTE)  # descending
-                # ascending running vs descending tile: the lexicographic minimum is bitonic and holds
-                # the K_PAD smallest of the union
-                take_tile = (tile_key < best_key) | ((tile_key == best_key) & (tile_col < best_col))
-                best_key, best_col = _bitonic_sort_rows(tl.where(take_tile, tile_key, best_key),
-                                                        tl.where(take_tile, tile_col, best_col), True, SWAP_BY_PERMUTE)
-        else:
-            bits = score.to(tl.int32, bitcast=True)
-            bits = tl.where(score != score, 0x7FC00000, bits)
-            bits = tl.where(bits >= 0, bits, bits ^ _INT32_MAX)
-            key = (bits.to(tl.int64) << 32) | cols.to(tl.int64)[None, :]
-            key = tl.where(valid, key, _INT64_MAX)
-            threshold = tl.max(best_key, axis=1)
-            if tl.max((tl.min(key, axis=1) < threshold).to(tl.int32), axis=0) > 0:
-                tile_best, _ = _topk_smallest(key, key, K_PAD, 1, False, SWAP_BY_PERMUTE)  # descending
-                best_key, _ = _bitonic_sort_rows(tl.minimum(best_key, tile_best), best_key, False, SWAP_BY_PERMUTE)
+@triton.jit
+def _merge_float64_tile(best_key, best_col, key, col, K_PAD: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr):
+    """_merge_float32_tile for (key, column) pairs compared lexicographically."""
+    threshold = tl.max(best_key, axis=1)
+    if tl.max((tl.min(key, axis=1) <= threshold).to(tl.int32), axis=0) > 0:
+        tile_key, tile_col = _topk_smallest(key, col, K_PAD, 1, True, SWAP_BY_PERMUTE)  # descending
+        take_tile = (tile_key < best_key) | ((tile_key == best_key) & (tile_col < best_col))
+        best_key, best_col = _bitonic_sort_rows(tl.where(take_tile, tile_key, best_key),
+                                                tl.where(take_tile, tile_col, best_col), True, SWAP_BY_PERMUTE)
+    return best_key, best_col
 
-    # decode
+
+@triton.jit
+def _store_topk(values_ptr, indices_ptr, best_key, best_col, rows, n, k, FP64: tl.constexpr, K_PAD: tl.constexpr):
+    """Decode the sorted keys into values and columns and store the first k of each row."""
     if FP64:
         bits = tl.where(best_key >= 0, best_key, best_key ^ _INT64_MAX)
         value = bits.to(tl.float64, bitcast=True)
@@ -285,9 +241,44 @@ def _topk_distance_kernel(
         index = best_key & _INT32_MAX
     slots = tl.arange(0, K_PAD)
     out_offsets = rows.to(tl.int64)[:, None] * k + slots[None, :]
-    out_mask = row_ok[:, None] & (slots < k)[None, :]
+    out_mask = (rows < n)[:, None] & (slots < k)[None, :]
     tl.store(values_ptr + out_offsets, value.to(values_ptr.dtype.element_ty), mask=out_mask)
     tl.store(indices_ptr + out_offsets, index, mask=out_mask)
+
+
+@triton.jit
+def _topk_distance_kernel(
+    x_ptr, y_ptr, values_ptr, indices_ptr, n, m, dim, k, x_row_stride, y_row_stride,
+    tune_n, tune_m, tune_dim,  # unused by the kernel: the autotuning key (common.tuning_bucket of n, m, dim)
+    METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP64: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n
+    x_offsets = rows.to(tl.int64) * x_row_stride  # int64: row * stride can pass 2**31
+    x_norm = squared_norms(x_ptr, x_offsets, row_ok, dim, FP64, BLOCK_D)  # once per program, not per tile
+
+    # running top-K_PAD per row, sorted ascending; "no candidate" is the largest key
+    best_key = tl.full((BLOCK_N, K_PAD), _INT64_MAX, dtype=tl.int64)
+    best_col = tl.full((BLOCK_N, K_PAD), _INT32_MAX, dtype=tl.int32)  # float64 only (dead code otherwise)
+    for column_start in range(0, m, BLOCK_M):
+        cols = column_start + tl.arange(0, BLOCK_M)
+        col_ok = cols < m
+        acc, _, y_norm = dot_and_norms(x_ptr, y_ptr, x_offsets, cols.to(tl.int64) * y_row_stride, row_ok, col_ok,
+                                       dim, FP64, INPUT_PRECISION, UPCAST_DOT, False, BLOCK_D)
+        # score: the distance itself, so equal float32 distances tie exactly as the reference's do
+        score = distance_from_dot(acc, x_norm, y_norm, rows, cols, METRIC, SAME_INPUT, FP64)
+        score = tl.where(score == 0.0, 0.0, score)  # -0 -> +0: equal scores must give equal keys
+        valid = row_ok[:, None] & col_ok[None, :]
+        if EXCLUDE_SELF:
+            valid = valid & (rows[:, None] != cols[None, :])
+        if FP64:
+            key, col = _float64_keys(score, cols, valid)
+            best_key, best_col = _merge_float64_tile(best_key, best_col, key, col, K_PAD, SWAP_BY_PERMUTE)
+        else:
+            best_key = _merge_float32_tile(best_key, _float32_keys(score, cols, valid), K_PAD, SWAP_BY_PERMUTE)
+    _store_topk(values_ptr, indices_ptr, best_key, best_col, rows, n, k, FP64, K_PAD)
 
 
 # Under TRITON_INTERPRET=1 triton.jit returns an interpreter object: autotuning there is slow and pointless.
