@@ -24,6 +24,11 @@ namespace cpu {
 // one compare per 8 distances rejects every item behind the row's farthest pivot, only the others are
 // placed by binary search.
 //
+// Score transform (re-ranked evaluation, rerank.h): with row_max non-null ((rows,) float32), the value compared
+// for an item of distance d in row r is keep + float32(float32(d^2) / row_max[r]) * blend, in float32 operations
+// (d^2 in d's dtype, then rounded), no contraction: bit for bit the re-ranked distance of an item that shares
+// no k-reciprocal neighbour with the query. pivot_distance then holds float32 re-ranked scores.
+//
 // Not fused into the distance tile (yet): the block of distances is written by the fused kernel and read back
 // here while it is still in cache (about 32 MiB per block). The fused form is a RankCountEpilogue beside
 // TopkEpilogue in gemm_isa.inc: the row's farthest-match distance as the vector filter on each MR x NR tile
@@ -32,7 +37,8 @@ namespace cpu {
 int64_t rank_count_block(const ArrayView& distances, int64_t col0, const ArrayView& pivot_offsets,
                          const ArrayView& pivot_distance, const ArrayView& pivot_index, const ArrayView* row_labels,
                          const ArrayView* item_labels, const ArrayView* groups, int64_t num_groups,
-                         const ArrayView& histogram);
+                         const ArrayView& histogram, const ArrayView* row_max = nullptr, float keep = 0.0f,
+                         float blend = 0.0f);
 
 }  // namespace cpu
 }  // namespace reidfast

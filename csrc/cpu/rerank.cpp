@@ -343,39 +343,128 @@ InvertedIndex gallery_inverted_index(const std::vector<SparseRow>& weight_rows, 
   return index;
 }
 
-// Phase 5, steps 7-8 (_jaccard): s = sum_j min(V[i, j], V[g, j]) in increasing j for the query rows,
-// jaccard = 1 - s / (2 - s), and out = jaccard * (1 - lambda) + out * lambda.
+// Phase 5, step 7 for one query row: shared[g] = s = sum_j min(V[i, j], V[g, j]) in increasing j over the
+// gallery rows sharing a column with row i, exactly as published. Every touched g is appended to `touched`
+// once (marked in `seen`); each min is a positive weight, so the untouched g have s == 0.
+void accumulate_overlap(const SparseRow& row, const InvertedIndex& index, float* shared, int64_t* seen, int64_t mark,
+                        std::vector<int32_t>& touched) {
+  touched.clear();
+  const std::vector<int64_t>& column_start = index.column_start;
+  for (size_t t = 0; t < row.index.size(); ++t) {
+    const int32_t j = row.index[t];
+    const float v = row.value[t];
+    for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
+      const int32_t g = index.item[static_cast<size_t>(at)];
+      if (seen[g] != mark) {
+        seen[g] = mark;
+        touched.push_back(g);
+      }
+      shared[g] += std::min(v, index.value[static_cast<size_t>(at)]);
+    }
+  }
+}
+
+// The Jaccard term of the output, (1 - s / (2 - s)) * (1 - lambda), in the published float32 operations.
+inline float jaccard_term(float s, float keep) {
+  const float jaccard_distance = 1.0f - s / (2.0f - s);
+  return jaccard_distance * keep;
+}
+
+// Phase 5, steps 7-8 (_jaccard), dense: out = jaccard * (1 - lambda) + out * lambda for the query rows.
 void jaccard(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index, int64_t num_query,
              double lambda_value, const ArrayView& out) {
   const int64_t num_gallery = out.size(1), out_stride = out.stride(0);
   const float keep = static_cast<float>(1.0 - lambda_value);
   const float blend = static_cast<float>(lambda_value);
-  const std::vector<int64_t>& column_start = index.column_start;
 #pragma omp parallel
   {
     std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
+    std::vector<int64_t> seen(static_cast<size_t>(num_gallery), -1);
+    std::vector<int32_t> touched;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t i = 0; i < num_query; ++i) {
-      const SparseRow& row = weight_rows[static_cast<size_t>(i)];
-      for (size_t t = 0; t < row.index.size(); ++t) {
-        const int32_t j = row.index[t];
-        const float v = row.value[t];
-        for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
-          shared[static_cast<size_t>(index.item[static_cast<size_t>(at)])] +=
-              std::min(v, index.value[static_cast<size_t>(at)]);
-        }
-      }
+      accumulate_overlap(weight_rows[static_cast<size_t>(i)], index, shared.data(), seen.data(), i, touched);
       float* result = out.ptr<float>() + i * out_stride;
       for (int64_t g = 0; g < num_gallery; ++g) {
-        const float s = shared[static_cast<size_t>(g)];
-        const float jaccard_distance = 1.0f - s / (2.0f - s);
-        const float a = jaccard_distance * keep;
+        const float a = jaccard_term(shared[static_cast<size_t>(g)], keep);
         const float b = result[g] * blend;
         result[g] = a + b;
-        shared[static_cast<size_t>(g)] = 0.0f;
       }
+      for (int32_t g : touched) shared[static_cast<size_t>(g)] = 0.0f;
     }
   }
+}
+
+// Phase 5, sparse: per query row, its touched gallery items (increasing) and their Jaccard terms.
+RerankOverlap jaccard_overlap(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index,
+                              int64_t num_query, int64_t num_gallery, double lambda_value) {
+  const float keep = static_cast<float>(1.0 - lambda_value);
+  std::vector<std::vector<int32_t>> items(static_cast<size_t>(num_query));
+  std::vector<std::vector<float>> terms(static_cast<size_t>(num_query));
+#pragma omp parallel
+  {
+    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
+    std::vector<int64_t> seen(static_cast<size_t>(num_gallery), -1);
+    std::vector<int32_t> touched;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < num_query; ++i) {
+      accumulate_overlap(weight_rows[static_cast<size_t>(i)], index, shared.data(), seen.data(), i, touched);
+      std::sort(touched.begin(), touched.end());
+      std::vector<float>& term = terms[static_cast<size_t>(i)];
+      term.resize(touched.size());
+      for (size_t t = 0; t < touched.size(); ++t) {
+        term[t] = jaccard_term(shared[static_cast<size_t>(touched[t])], keep);
+        shared[static_cast<size_t>(touched[t])] = 0.0f;
+      }
+      items[static_cast<size_t>(i)] = touched;
+    }
+  }
+  RerankOverlap result;
+  result.offsets.assign(static_cast<size_t>(num_query) + 1, 0);
+  for (int64_t i = 0; i < num_query; ++i)
+    result.offsets[static_cast<size_t>(i) + 1] = result.offsets[static_cast<size_t>(i)] + items[static_cast<size_t>(i)].size();
+  result.index.reserve(static_cast<size_t>(result.offsets.back()));
+  result.term.reserve(static_cast<size_t>(result.offsets.back()));
+  for (int64_t i = 0; i < num_query; ++i) {
+    result.index.insert(result.index.end(), items[static_cast<size_t>(i)].begin(), items[static_cast<size_t>(i)].end());
+    result.term.insert(result.term.end(), terms[static_cast<size_t>(i)].begin(), terms[static_cast<size_t>(i)].end());
+    std::vector<int32_t>().swap(items[static_cast<size_t>(i)]);
+    std::vector<float>().swap(terms[static_cast<size_t>(i)]);
+  }
+  return result;
+}
+
+// Steps 1-7 (everything before the Jaccard output): the query rows of V and the gallery rows' inverted index.
+struct QueryRows {
+  std::vector<SparseRow> weight_rows;  // the query rows only (the gallery rows are freed)
+  InvertedIndex index;
+};
+
+QueryRows sparse_query_rows(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features,
+                            Metric metric, const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g,
+                            int64_t num_query, int64_t k1, int64_t k2) {
+  check_matrix(ranks, "ranks", false);
+  check(ranks.dtype == DType::Int64, "ranks: expected int64");
+  const int64_t n = ranks.size(0), width = ranks.size(1);
+  check(num_query >= 1 && num_query < n, "num_query: expected 1 <= Q < N");
+  check(k1 >= 1 && k1 < n && width >= k1 + 1, "ranks: expected at least k1 + 1 columns, 1 <= k1 < N");
+  check(k2 >= 1 && k2 <= k1, "k2: expected 1 <= k2 <= k1");
+  check(n < (int64_t(1) << 31), "re-ranking supports fewer than 2^31 items");
+  check_vector(row_max, "row_max", n, DType::Float32);
+  const PairSource source = make_pair_source(features, metric, q_g, q_q, g_g, num_query, n);
+  const RankRows rank_rows{ranks.ptr<int64_t>(), ranks.stride(0)};
+
+  QueryRows result;
+  {
+    const std::vector<std::vector<int32_t>> half_sets = half_reciprocal_sets(rank_rows, n, rerank_half_k1(k1));
+    result.weight_rows = weights(rank_rows, source, row_max.ptr<float>(), n, k1, half_sets);
+  }
+  if (k2 != 1) result.weight_rows = query_expansion(result.weight_rows, rank_rows, n, k2);
+  result.index = gallery_inverted_index(result.weight_rows, num_query);
+  // Gallery rows are no longer needed: free them before the per-thread accumulators.
+  result.weight_rows.resize(static_cast<size_t>(num_query));
+  result.weight_rows.shrink_to_fit();
+  return result;
 }
 
 }  // namespace
@@ -409,31 +498,20 @@ void rerank_topk_block(const ArrayView& left, const ArrayView& right, int64_t k,
 void rerank_finish(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features, Metric metric,
                    const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g, int64_t num_query, int64_t k1,
                    int64_t k2, double lambda_value, const ArrayView& out) {
-  check_matrix(ranks, "ranks", false);
-  check(ranks.dtype == DType::Int64, "ranks: expected int64");
-  const int64_t n = ranks.size(0), width = ranks.size(1);
-  check(num_query >= 1 && num_query < n, "num_query: expected 1 <= Q < N");
-  const int64_t num_gallery = n - num_query;
-  check(k1 >= 1 && k1 < n && width >= k1 + 1, "ranks: expected at least k1 + 1 columns, 1 <= k1 < N");
-  check(k2 >= 1 && k2 <= k1, "k2: expected 1 <= k2 <= k1");
-  check(n < (int64_t(1) << 31), "re-ranking supports fewer than 2^31 items");
-  check_vector(row_max, "row_max", n, DType::Float32);
   check_matrix(out, "out", false);
-  check(out.dtype == DType::Float32 && out.size(0) == num_query && out.size(1) == num_gallery,
+  check(ranks.ndim() == 2, "ranks: expected an int64 (N, K) matrix");
+  check(out.dtype == DType::Float32 && out.size(0) == num_query && out.size(1) == ranks.size(0) - num_query,
         "out: expected a float32 (Q, G) matrix");
-  const PairSource source = make_pair_source(features, metric, q_g, q_q, g_g, num_query, n);
-  const RankRows rank_rows{ranks.ptr<int64_t>(), ranks.stride(0)};
+  const QueryRows rows = sparse_query_rows(ranks, row_max, features, metric, q_g, q_q, g_g, num_query, k1, k2);
+  jaccard(rows.weight_rows, rows.index, num_query, lambda_value, out);
+}
 
-  std::vector<SparseRow> weight_rows;
-  {
-    const std::vector<std::vector<int32_t>> half_sets = half_reciprocal_sets(rank_rows, n, rerank_half_k1(k1));
-    weight_rows = weights(rank_rows, source, row_max.ptr<float>(), n, k1, half_sets);
-  }
-  if (k2 != 1) weight_rows = query_expansion(weight_rows, rank_rows, n, k2);
-  const InvertedIndex index = gallery_inverted_index(weight_rows, num_query);
-  // Gallery rows are no longer needed: free them before the per-thread accumulators.
-  for (int64_t g = num_query; g < n; ++g) weight_rows[static_cast<size_t>(g)] = SparseRow();
-  jaccard(weight_rows, index, num_query, lambda_value, out);
+RerankOverlap rerank_overlap(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features,
+                             Metric metric, const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g,
+                             int64_t num_query, int64_t k1, int64_t k2, double lambda_value) {
+  check(ranks.ndim() == 2, "ranks: expected an int64 (N, K) matrix");
+  const QueryRows rows = sparse_query_rows(ranks, row_max, features, metric, q_g, q_q, g_g, num_query, k1, k2);
+  return jaccard_overlap(rows.weight_rows, rows.index, num_query, ranks.size(0) - num_query, lambda_value);
 }
 
 }  // namespace cpu
