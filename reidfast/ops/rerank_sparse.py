@@ -116,7 +116,11 @@ class NativeRerank:
         pass 1 saw (float32, or float64 distances), recomputed by the same kernel into the same buffer."""
         for start, stop in self.blocks:
             if stop <= self.num_query:
-                yield start, stop, self._block(start, stop)[1].numpy()
+                yield start, stop, self.query_block(start, stop)
+
+    def query_block(self, start: int, stop: int) -> np.ndarray:
+        """The gallery distances of query rows start:stop, a block of pass 1 (see query_blocks)."""
+        return self._block(start, stop)[1].numpy()
 
     def _sources(self) -> tuple:
         view, empty = _native.view, torch.empty(0, dtype=torch.float32)

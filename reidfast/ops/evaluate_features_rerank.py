@@ -1,0 +1,199 @@
+"""Re-ranked evaluation straight from features: the numbers of ``rf.evaluate(rf.re_ranking(qf, gf, k1, k2,
+lambda_value, metric), ...)`` without the (Q, G) re-ranked matrix.
+
+After k-reciprocal re-ranking (ops/rerank_sparse.py), query q's score for gallery item g is
+``term + float32(float32(d^2) / row_max[q]) * lambda`` with term = 1 - lambda for every item that shares no
+k-reciprocal neighbour with q, and an explicit Jaccard term for the few that do (the overlap lists). So:
+
+  1. the k-NN pass over all N = Q + G rows (ranks, row maxima), then the overlap lists;
+  2. pivots: each query's correct matches with their re-ranked scores (the distances from the query rows'
+     blocks, recomputed by pass 1's kernel: bit for bit the dense output's), sorted by (score, index);
+  3. counting: per block of query rows, csrc/cpu/rank_count.cpp with the score transform counts every item
+     as if it had no overlap; then per query a sparse correction moves each overlapping item (other pid)
+     from the slot of that score to the slot of its true score;
+  4. CMC, mAP, mINP and CUHK03 draws as evaluate_features (ops/evaluate_features.py: _evaluate_with).
+Memory O(N * k1 + overlap + Q * matches + block); distance work: the k-NN pass plus twice the query rows.
+Not sharded (group=): the k-NN graph couples every gallery item with every other, across shards.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .. import _native
+from .._checks import check_rerank_parameters
+from . import evaluate_features as _features
+from .rerank import RE_RANKING
+from .rerank_sparse import NativeRerank, rerank_scores
+
+RERANK_KEYS = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # rf.re_ranking's defaults
+
+
+def check_rerank(rerank: Any, num_all: int) -> tuple[int, int, float]:
+    """(k1, k2, lambda_value) from the `rerank` mapping (missing keys: rf.re_ranking's defaults)."""
+    if not isinstance(rerank, Mapping):
+        raise ValueError(f"rerank: expected a dict with keys among {sorted(RERANK_KEYS)} or None, got {rerank!r}")
+    unknown = sorted(set(rerank) - set(RERANK_KEYS))
+    if unknown:
+        raise ValueError(f"rerank: unknown key(s) {unknown}; expected keys among {sorted(RERANK_KEYS)}")
+    params = {**RERANK_KEYS, **rerank}
+    return check_rerank_parameters(params["k1"], params["k2"], params["lambda_value"], num_all)
+
+
+class _RerankPass:
+    """The counting pass over re-ranked scores (the `pass_` of evaluate_features' _evaluate_with)."""
+
+    name = "cpu"
+
+    def __init__(self, problem: NativeRerank, inputs, k2: int, lambda_value: float, progress: bool) -> None:
+        self.problem, self.inputs, self.lambda_value = problem, inputs, lambda_value
+        self.keep, self.blend = np.float32(1.0 - lambda_value), np.float32(lambda_value)
+        self.progress = progress
+        problem.knn_pass()
+        self.overlap_offsets, self.overlap_index, self.overlap_term = problem.overlap(k2, lambda_value)
+        counts = np.diff(self.overlap_offsets)
+        # global keys q * G + g of the overlap entries: increasing (rows in order, items increasing per row)
+        self.overlap_keys = np.repeat(np.arange(problem.num_query, dtype=np.int64), counts) * problem.num_gallery
+        self.overlap_keys += self.overlap_index
+        self.q_pids, self.g_pids = inputs.labels.q_pids.numpy(), inputs.labels.g_pids.numpy()
+
+    def _blocks(self, rows: np.ndarray):
+        """(positions a:b in rows, the rows' distances (len, G)) per block of query rows holding some of `rows`
+        (increasing)."""
+        problem = self.problem
+        wanted = [(start, stop) for start, stop in problem.blocks if stop <= problem.num_query
+                  and np.searchsorted(rows, start) < np.searchsorted(rows, stop)]
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            wanted = tqdm(wanted, desc="evaluate_features (re-ranked)", unit="block")
+        for start, stop in wanted:
+            right = torch.from_numpy(problem.query_block(start, stop))
+            a, b = np.searchsorted(rows, start), np.searchsorted(rows, stop)
+            local = rows[a:b] - start
+            yield a, b, right if local.size == stop - start else right[torch.from_numpy(local)]
+
+    def _terms(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        """The Jaccard term of pairs (query[s], gallery[s]): explicit on the overlap lists, else 1 - lambda."""
+        terms = np.full(query.size, self.keep, dtype=np.float32)
+        if self.overlap_keys.size == 0:
+            return terms
+        keys = query.astype(np.int64) * self.problem.num_gallery + gallery
+        at = np.minimum(np.searchsorted(self.overlap_keys, keys), self.overlap_keys.size - 1)
+        found = self.overlap_keys[at] == keys
+        terms[found] = self.overlap_term[at[found]]
+        return terms
+
+    def pivots(self) -> "_features._Pivots":
+        """Each query's correct matches (its pid, another camera) with their re-ranked scores, sorted."""
+        labels = self.inputs.labels
+        num_query = self.problem.num_query
+        query, gallery = _features._own_pid_pairs(labels)
+        junk = labels.g_camids.numpy()[gallery] == labels.q_camids.numpy()[query]
+        num_junk = np.bincount(query[junk], minlength=num_query)
+        query, gallery = query[~junk], gallery[~junk]
+        score = np.empty(query.size, dtype=np.float32)
+        pair_offsets = np.r_[0, np.cumsum(np.bincount(query, minlength=num_query))]  # pairs grouped by query
+        row_max = self.problem.row_max.numpy()
+        queries = np.unique(query)
+        for a, b, distances in self._blocks(queries):
+            rows = queries[a:b]
+            pairs = np.concatenate([np.arange(pair_offsets[r], pair_offsets[r + 1]) for r in rows])
+            local = np.searchsorted(rows, query[pairs])
+            d = distances.numpy()[local, gallery[pairs]]
+            score[pairs] = rerank_scores(d, row_max[query[pairs]], self._terms(query[pairs], gallery[pairs]),
+                                         self.lambda_value)
+        if np.isnan(score).any():
+            _features._raise_nan(int(np.isnan(score).sum()))
+        order = np.lexsort((gallery, score, query))  # by query, then (score, index); -0.0 ties +0.0
+        return _features._Pivots(offsets=pair_offsets, index=gallery[order], distance=score[order], num_junk=num_junk)
+
+    def histogram(self, rows: np.ndarray, pivot_offsets: np.ndarray, pivot_score: np.ndarray,
+                  pivot_index: np.ndarray, groups: torch.Tensor | None, num_groups: int, chunk_size, progress
+                  ) -> np.ndarray:
+        """(P * num_groups,) int64 slot histogram of the query rows `rows` (increasing) by re-ranked score."""
+        view, C = _native.view, _native._C
+        histogram = torch.zeros(pivot_index.size * num_groups, dtype=torch.int64)
+        offsets_t = torch.from_numpy(np.ascontiguousarray(pivot_offsets, dtype=np.int64))
+        score_t = torch.from_numpy(np.ascontiguousarray(pivot_score, dtype=np.float32))
+        index_t = torch.from_numpy(np.ascontiguousarray(pivot_index, dtype=np.int64))
+        group_view = None if groups is None else view(groups)
+        row_max = self.problem.row_max
+        nan_count = 0
+        for a, b, distances in self._blocks(rows):
+            block_rows = torch.from_numpy(rows[a:b])
+            nan_count += C.rank_count_block_cpu(
+                view(distances), 0, view(offsets_t[a: b + 1]), view(score_t), view(index_t),
+                view(self.inputs.labels.q_pids[block_rows]), view(self.inputs.labels.g_pids), group_view, num_groups,
+                view(histogram), view(row_max[block_rows].contiguous()), float(self.keep), float(self.blend),
+            )
+            self._correct(rows[a:b], distances.numpy(), pivot_offsets[a: b + 1], pivot_score, pivot_index, groups,
+                          num_groups, histogram.numpy())
+        return _features._finish_histogram(self.inputs, histogram.numpy(), nan_count)
+
+    def _correct(self, rows, distances, pivot_offsets, pivot_score, pivot_index, groups, num_groups, histogram):
+        """Move each overlapping item of another pid from the slot of its score without overlap (where the
+        transformed count put it) to the slot of its true score."""
+        starts, stops = self.overlap_offsets[rows], self.overlap_offsets[rows + 1]
+        counts = stops - starts
+        entry = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        local = np.repeat(np.arange(rows.size), counts)
+        gallery = self.overlap_index[entry].astype(np.int64)
+        keep = self.g_pids[gallery] != self.q_pids[rows[local]]
+        d = distances[local, gallery]
+        keep &= ~np.isnan(d)
+        local, gallery, entry, d = local[keep], gallery[keep], entry[keep], d[keep]
+        row_max = self.problem.row_max.numpy()[rows[local]]
+        plain = rerank_scores(d, row_max, self.keep, self.lambda_value)
+        true = rerank_scores(d, row_max, self.overlap_term[entry], self.lambda_value)
+        moved = plain != true
+        local, gallery, plain, true = local[moved], gallery[moved], plain[moved], true[moved]
+        group = 0 if groups is None else groups.numpy()[gallery]
+        for value, sign in ((plain, -1), (true, 1)):
+            slot = _slots(local, value, gallery, pivot_offsets, pivot_score, pivot_index)
+            counted = slot < pivot_offsets[local + 1] - pivot_offsets[local]
+            at = (pivot_offsets[local] + slot)[counted] * num_groups + (group if groups is None else group[counted])
+            np.add.at(histogram, at, sign)
+
+
+def _slots(row, value, index, pivot_offsets, pivot_score, pivot_index) -> np.ndarray:
+    """Per entry (row (local), value, index): #{pivots of its row with (score, index) < (value, index)}; rows'
+    pivots are pivot_offsets[r] .. pivot_offsets[r + 1] of pivot_score/pivot_index, sorted by (score, index)."""
+    first, last = int(pivot_offsets[0]), int(pivot_offsets[-1])
+    pivot_row = np.repeat(np.arange(pivot_offsets.size - 1), np.diff(pivot_offsets))
+    all_row = np.r_[pivot_row, row]
+    all_value = np.r_[pivot_score[first:last], value]
+    all_index = np.r_[pivot_index[first:last], index]
+    is_pivot = np.r_[np.ones(last - first, dtype=np.int64), np.zeros(row.size, dtype=np.int64)]
+    order = np.lexsort((all_index, all_value, all_row))  # an item never shares (row, index) with a pivot
+    pivots_before = np.cumsum(is_pivot[order]) - is_pivot[order]
+    slot = np.empty(row.size, dtype=np.int64)
+    entries = order >= last - first
+    slot[order[entries] - (last - first)] = pivots_before[entries] - (pivot_offsets[row[order[entries] - (last - first)]]
+                                                                       - first)
+    return slot
+
+
+def evaluate_reranked(inputs, rerank: Any, protocol: str, seed: Any, num_repeats: int, chunk_size, progress):
+    """evaluate_features with rerank=: see the module docstring."""
+    if inputs.shard is not None:
+        raise ValueError(
+            "rerank: not supported with group=: re-ranking needs the k-NN graph over all items, and each gallery "
+            "item's neighbour list spans every shard; evaluate re-ranked on one process"
+        )
+    backend, _ = RE_RANKING.select(inputs.query.device)
+    if backend != "cpu":
+        raise ValueError(
+            f"rerank: re-ranked evaluation runs on the native cpu backend only, got the {backend!r} re-ranking "
+            "backend for these inputs; pass host (numpy or CPU torch) features"
+        )
+    query = np.ascontiguousarray(inputs.query.float().numpy())
+    gallery = np.ascontiguousarray(inputs.gallery.float().numpy())
+    k1, k2, lambda_value = check_rerank(rerank, query.shape[0] + gallery.shape[0])
+    with torch.no_grad():
+        problem = NativeRerank("features", (query, gallery, inputs.metric), k1, chunk_size)
+        pass_ = _RerankPass(problem, inputs, k2, lambda_value, progress)
+        return _features._evaluate_with(pass_, inputs, protocol, seed, num_repeats, None, progress,
+                                        pivots=pass_.pivots())
