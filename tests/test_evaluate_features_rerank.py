@@ -132,3 +132,56 @@ def test_group_with_rerank_is_refused(tmp_path):
             reidfast.evaluate_features(query, gallery, *labels, group=dist.group.WORLD, rerank={})
     finally:
         dist.destroy_process_group()
+
+
+def brute_force_histogram(scores, pivot_offsets, pivot_score, pivot_index, row_labels, item_labels):
+    histogram = np.zeros(pivot_index.size, dtype=np.int64)
+    for r in range(scores.shape[0]):
+        first, last = pivot_offsets[r], pivot_offsets[r + 1]
+        for g in range(scores.shape[1]):
+            if item_labels[g] == row_labels[r]:
+                continue
+            slot = sum((pivot_score[p], pivot_index[p]) < (scores[r, g], g) for p in range(first, last))
+            if slot < last - first:
+                histogram[first + slot] += 1
+    return histogram
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lambda_value", [0.0, 0.3, 1.0])
+def test_rank_count_score_transform(dtype, lambda_value):
+    """rank_count_block with row_max: items ranked by keep + (d^2 / row_max) * blend in float32 (the filter's
+    distance bound from bisection must drop no item at or before the last pivot)."""
+    from reidfast import _native
+    from reidfast.ops.rerank_sparse import rerank_scores
+
+    rng = np.random.default_rng(int(lambda_value * 10) + (dtype == np.float64))
+    rows, cols = 6, 300
+    distances = np.round(rng.uniform(0, 3, size=(rows, cols)), 2).astype(dtype)  # many exact ties
+    distances[:, :3] = [-1e-7, 0.0, 0.0]  # a negative rounding-noise distance scores as its square
+    row_max = (np.square(distances).max(1) * rng.uniform(1, 2, rows)).astype(np.float32)
+    keep, blend = np.float32(1.0 - lambda_value), np.float32(lambda_value)
+    scores = rerank_scores(distances, row_max[:, None], keep, lambda_value)
+    item_labels = rng.integers(0, 5, cols)
+    row_labels = rng.integers(0, 5, rows)
+    counts = rng.integers(0, 6, rows)
+    pivot_offsets = np.r_[0, np.cumsum(counts)]
+    pivot_index, pivot_score = [], []
+    for r in range(rows):  # pivots: scores of own-label items (as a query's matches), sorted by (score, index)
+        own = rng.choice(np.flatnonzero(item_labels == row_labels[r]), counts[r], replace=False)
+        order = np.lexsort((own, scores[r, own]))
+        pivot_index += list(own[order])
+        pivot_score += list(scores[r, own[order]])
+    pivot_index, pivot_score = np.array(pivot_index, dtype=np.int64), np.array(pivot_score, dtype=np.float32)
+    histogram = torch.zeros(pivot_index.size, dtype=torch.int64)
+    view = _native.view
+    nan_count = _native._C.rank_count_block_cpu(
+        view(torch.from_numpy(distances)), 0, view(torch.from_numpy(pivot_offsets)), view(torch.from_numpy(pivot_score)),
+        view(torch.from_numpy(pivot_index)), view(torch.from_numpy(row_labels)), view(torch.from_numpy(item_labels)),
+        None, 1, view(histogram), view(torch.from_numpy(row_max)), float(keep), float(blend),
+    )
+    assert nan_count == 0
+    expected = brute_force_histogram(scores, pivot_offsets, pivot_score, pivot_index, row_labels, item_labels)
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(histogram.numpy(), expected)
