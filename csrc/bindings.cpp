@@ -274,6 +274,22 @@ PYBIND11_MODULE(_C, m) {
       py::arg("pivot_index"), py::arg("row_labels").none(true), py::arg("item_labels").none(true),
       py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"),
       py::arg("row_max").none(true) = py::none(), py::arg("keep") = 0.0f, py::arg("blend") = 0.0f);
+  m.def(
+      "rank_count_overlap_correct_cpu",
+      [](const ArrayView& distances, const ArrayView& pivot_offsets, const ArrayView& pivot_distance,
+         const ArrayView& pivot_index, const ArrayView& row_labels, const ArrayView& item_labels,
+         const ArrayView* groups, int64_t num_groups, const ArrayView& row_max, float keep, float blend,
+         const ArrayView& overlap_offsets, const ArrayView& overlap_index, const ArrayView& overlap_term,
+         const ArrayView& histogram) {
+        py::gil_scoped_release release;
+        reidfast::cpu::rank_count_overlap_correct(distances, pivot_offsets, pivot_distance, pivot_index, row_labels,
+                                                  item_labels, groups, num_groups, row_max, keep, blend,
+                                                  overlap_offsets, overlap_index, overlap_term, histogram);
+      },
+      py::arg("distances"), py::arg("pivot_offsets"), py::arg("pivot_distance"), py::arg("pivot_index"),
+      py::arg("row_labels"), py::arg("item_labels"), py::arg("groups").none(true), py::arg("num_groups"),
+      py::arg("row_max"), py::arg("keep"), py::arg("blend"), py::arg("overlap_offsets"), py::arg("overlap_index"),
+      py::arg("overlap_term"), py::arg("histogram"));
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

@@ -84,6 +84,21 @@ int64_t collect(const T* row, int64_t cols, T bound, int32_t* candidates) {
   return collect_scalar(row, cols, bound, candidates);
 }
 
+// slot = #{pivots with key < (value, g)}: binary search on the keys sorted by (value, index).
+template <typename Value>
+inline int64_t slot_of(const Value* distance, const int64_t* index, int64_t count, Value value, int64_t g) {
+  int64_t lo = 0, hi = count;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (distance[mid] < value || (distance[mid] == value && index[mid] < g)) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 // The value an item is ranked by: its distance, or the re-ranked score of a non-overlapping item.
 template <typename T>
 struct PlainKey {
@@ -160,17 +175,7 @@ int64_t count_typed(const ArrayView& distances, int64_t col0, const int64_t* off
           continue;
         }
         if (row_labels != nullptr && item_labels[g] == row_labels[r]) continue;  // the row's own label: not counted
-        const Value value = key(row[c]);
-        // slot = #{pivots with key < (value, g)}: binary search on the sorted keys
-        int64_t lo = 0, hi = count;
-        while (lo < hi) {
-          const int64_t mid = (lo + hi) / 2;
-          if (distance[mid] < value || (distance[mid] == value && index[mid] < g)) {
-            lo = mid + 1;
-          } else {
-            hi = mid;
-          }
-        }
+        const int64_t lo = slot_of(distance, index, count, key(row[c]), g);
         if (lo < count) histogram[(first + lo) * num_groups + (groups ? groups[g] : 0)] += 1;
       }
     }
@@ -190,6 +195,35 @@ int64_t count_dispatch(const ArrayView& distances, int64_t col0, const int64_t* 
   return count_typed<T, RerankKey<T>>(distances, col0, offsets, pivot_distance.ptr<float>(), pivot_index, row_labels, item_labels,
                         groups, num_groups, histogram,
                         [=](int64_t r) { return RerankKey<T>{row_max[r], keep, blend}; });
+}
+
+template <typename T>
+void correct_typed(const ArrayView& distances, const int64_t* offsets, const float* pivot_score,
+                   const int64_t* pivot_index, const int64_t* row_labels, const int64_t* item_labels,
+                   const int64_t* groups, int64_t num_groups, const float* row_max, float keep, float blend,
+                   const int64_t* overlap_offsets, const int32_t* overlap_index, const float* overlap_term,
+                   int64_t* histogram) {
+  const int64_t rows = distances.size(0), stride = distances.stride(0);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t first = offsets[r], count = offsets[r + 1] - first;
+    if (count == 0) continue;
+    const T* row = distances.ptr<T>() + r * stride;
+    for (int64_t e = overlap_offsets[r]; e < overlap_offsets[r + 1]; ++e) {
+      const int64_t g = overlap_index[e];
+      if (item_labels[g] == row_labels[r] || std::isnan(row[g])) continue;
+      const float square = static_cast<float>(row[g] * row[g]);
+      const float original = square / row_max[r];
+      const float b = original * blend;
+      const float plain = keep + b, score = overlap_term[e] + b;
+      if (plain == score) continue;
+      const int64_t group = groups ? groups[g] : 0;
+      const int64_t from = slot_of(pivot_score + first, pivot_index + first, count, plain, g);
+      const int64_t to = slot_of(pivot_score + first, pivot_index + first, count, score, g);
+      if (from < count) histogram[(first + from) * num_groups + group] -= 1;
+      if (to < count) histogram[(first + to) * num_groups + group] += 1;
+    }
+  }
 }
 
 }  // namespace
@@ -243,6 +277,66 @@ int64_t rank_count_block(const ArrayView& distances, int64_t col0, const ArrayVi
   }
   return count_dispatch<double>(distances, col0, offsets, pivot_distance, pivot_index.ptr<int64_t>(), row_label_ids,
                                 item_label_ids, group_ids, num_groups, histogram.ptr<int64_t>(), scale, keep, blend);
+}
+
+void rank_count_overlap_correct(const ArrayView& distances, const ArrayView& pivot_offsets,
+                                const ArrayView& pivot_distance, const ArrayView& pivot_index,
+                                const ArrayView& row_labels, const ArrayView& item_labels, const ArrayView* groups,
+                                int64_t num_groups, const ArrayView& row_max, float keep, float blend,
+                                const ArrayView& overlap_offsets, const ArrayView& overlap_index,
+                                const ArrayView& overlap_term, const ArrayView& histogram) {
+  check_matrix(distances, "distances", /*want_cuda=*/false);
+  check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64,
+        std::string("distances: expected float32 or float64, got ") + dtype_name(distances.dtype));
+  const int64_t rows = distances.size(0), cols = distances.size(1);
+  check_vector(pivot_offsets, "pivot_offsets", rows + 1, DType::Int64);
+  const int64_t num_pivots = pivot_distance.ndim() == 1 ? pivot_distance.size(0) : -1;
+  check_vector(pivot_distance, "pivot_distance", num_pivots, DType::Float32);
+  check_vector(pivot_index, "pivot_index", num_pivots, DType::Int64);
+  const int64_t* offsets = pivot_offsets.ptr<int64_t>();
+  check(offsets[0] >= 0 && offsets[rows] <= num_pivots, "pivot_offsets: expected offsets within the pivots");
+  for (int64_t r = 0; r < rows; ++r) check(offsets[r] <= offsets[r + 1], "pivot_offsets: expected non-decreasing offsets");
+  check_vector(row_labels, "row_labels", rows, DType::Int64);
+  check(item_labels.ndim() == 1 && item_labels.size(0) >= cols, "item_labels: expected a vector covering the columns");
+  check_vector(item_labels, "item_labels", item_labels.size(0), DType::Int64);
+  check(num_groups >= 1, "num_groups: expected >= 1");
+  const int64_t* group_ids = nullptr;
+  if (groups != nullptr) {
+    check(groups->ndim() == 1 && groups->size(0) >= cols, "groups: expected a vector covering the columns");
+    check_vector(*groups, "groups", groups->size(0), DType::Int64);
+    group_ids = groups->ptr<int64_t>();
+    for (int64_t c = 0; c < cols; ++c) {
+      check(group_ids[c] >= 0 && group_ids[c] < num_groups, "groups: expected values in [0, num_groups)");
+    }
+  } else {
+    check(num_groups == 1, "num_groups: expected 1 without groups");
+  }
+  check_vector(row_max, "row_max", rows, DType::Float32);
+  check_vector(overlap_offsets, "overlap_offsets", rows + 1, DType::Int64);
+  const int64_t entries = overlap_index.ndim() == 1 ? overlap_index.size(0) : -1;
+  check_vector(overlap_index, "overlap_index", entries, DType::Int32);
+  check_vector(overlap_term, "overlap_term", entries, DType::Float32);
+  const int64_t* overlap = overlap_offsets.ptr<int64_t>();
+  const int32_t* index = overlap_index.ptr<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    check(overlap[r] >= 0 && overlap[r] <= overlap[r + 1] && overlap[r + 1] <= entries,
+          "overlap_offsets: expected non-decreasing offsets within the overlap entries");
+    for (int64_t e = overlap[r]; e < overlap[r + 1]; ++e) {
+      check(index[e] >= 0 && index[e] < cols, "overlap_index: expected gallery indices of the block's columns");
+    }
+  }
+  check_vector(histogram, "histogram", num_pivots * num_groups, DType::Int64);
+  if (distances.dtype == DType::Float32) {
+    correct_typed<float>(distances, offsets, pivot_distance.ptr<float>(), pivot_index.ptr<int64_t>(),
+                         row_labels.ptr<int64_t>(), item_labels.ptr<int64_t>(), group_ids, num_groups,
+                         row_max.ptr<float>(), keep, blend, overlap, index, overlap_term.ptr<float>(),
+                         histogram.ptr<int64_t>());
+  } else {
+    correct_typed<double>(distances, offsets, pivot_distance.ptr<float>(), pivot_index.ptr<int64_t>(),
+                          row_labels.ptr<int64_t>(), item_labels.ptr<int64_t>(), group_ids, num_groups,
+                          row_max.ptr<float>(), keep, blend, overlap, index, overlap_term.ptr<float>(),
+                          histogram.ptr<int64_t>());
+  }
 }
 
 }  // namespace cpu

@@ -9,8 +9,8 @@ k-reciprocal neighbour with q, and an explicit Jaccard term for the few that do 
   2. pivots: each query's correct matches with their re-ranked scores (the distances from the query rows'
      blocks, recomputed by pass 1's kernel: bit for bit the dense output's), sorted by (score, index);
   3. counting: per block of query rows, csrc/cpu/rank_count.cpp with the score transform counts every item
-     as if it had no overlap; then per query a sparse correction moves each overlapping item (other pid)
-     from the slot of that score to the slot of its true score;
+     as if it had no overlap; then per query a sparse correction (rank_count_overlap_correct) moves each
+     overlapping item (other pid) from the slot of that score to the slot of its true score;
   4. CMC, mAP, mINP and CUHK03 draws as evaluate_features (ops/evaluate_features.py: _evaluate_with).
 Memory O(N * k1 + overlap + Q * matches + block); distance work: the k-NN pass plus twice the query rows.
 Not sharded (group=): the k-NN graph couples every gallery item with every other, across shards.
@@ -129,51 +129,25 @@ class _RerankPass:
                 view(self.inputs.labels.q_pids[block_rows]), view(self.inputs.labels.g_pids), group_view, num_groups,
                 view(histogram), view(row_max[block_rows].contiguous()), float(self.keep), float(self.blend),
             )
-            self._correct(rows[a:b], distances.numpy(), pivot_offsets[a: b + 1], pivot_score, pivot_index, groups,
-                          num_groups, histogram.numpy())
+            # the overlapping items: from the slot of their score without overlap to that of their true score
+            C.rank_count_overlap_correct_cpu(
+                view(distances), view(offsets_t[a: b + 1]), view(score_t), view(index_t),
+                view(self.inputs.labels.q_pids[block_rows]), view(self.inputs.labels.g_pids), group_view, num_groups,
+                view(row_max[block_rows].contiguous()), float(self.keep), float(self.blend),
+                *(view(t) for t in self._overlap_rows(rows[a:b])), view(histogram),
+            )
         return _features._finish_histogram(self.inputs, histogram.numpy(), nan_count)
 
-    def _correct(self, rows, distances, pivot_offsets, pivot_score, pivot_index, groups, num_groups, histogram):
-        """Move each overlapping item of another pid from the slot of its score without overlap (where the
-        transformed count put it) to the slot of its true score."""
-        starts, stops = self.overlap_offsets[rows], self.overlap_offsets[rows + 1]
-        counts = stops - starts
+    def _overlap_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The overlap lists of `rows` (increasing) as CSR (offsets (len + 1,), index, term): views when the
+        rows are consecutive, else gathered."""
+        if rows[-1] - rows[0] + 1 == rows.size:
+            offsets = self.overlap_offsets[rows[0]: rows[-1] + 2]
+            return tuple(torch.from_numpy(a) for a in (offsets, self.overlap_index, self.overlap_term))
+        starts, counts = self.overlap_offsets[rows], np.diff(self.overlap_offsets)[rows]
         entry = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        local = np.repeat(np.arange(rows.size), counts)
-        gallery = self.overlap_index[entry].astype(np.int64)
-        keep = self.g_pids[gallery] != self.q_pids[rows[local]]
-        d = distances[local, gallery]
-        keep &= ~np.isnan(d)
-        local, gallery, entry, d = local[keep], gallery[keep], entry[keep], d[keep]
-        row_max = self.problem.row_max.numpy()[rows[local]]
-        plain = rerank_scores(d, row_max, self.keep, self.lambda_value)
-        true = rerank_scores(d, row_max, self.overlap_term[entry], self.lambda_value)
-        moved = plain != true
-        local, gallery, plain, true = local[moved], gallery[moved], plain[moved], true[moved]
-        group = 0 if groups is None else groups.numpy()[gallery]
-        for value, sign in ((plain, -1), (true, 1)):
-            slot = _slots(local, value, gallery, pivot_offsets, pivot_score, pivot_index)
-            counted = slot < pivot_offsets[local + 1] - pivot_offsets[local]
-            at = (pivot_offsets[local] + slot)[counted] * num_groups + (group if groups is None else group[counted])
-            np.add.at(histogram, at, sign)
-
-
-def _slots(row, value, index, pivot_offsets, pivot_score, pivot_index) -> np.ndarray:
-    """Per entry (row (local), value, index): #{pivots of its row with (score, index) < (value, index)}; rows'
-    pivots are pivot_offsets[r] .. pivot_offsets[r + 1] of pivot_score/pivot_index, sorted by (score, index)."""
-    first, last = int(pivot_offsets[0]), int(pivot_offsets[-1])
-    pivot_row = np.repeat(np.arange(pivot_offsets.size - 1), np.diff(pivot_offsets))
-    all_row = np.r_[pivot_row, row]
-    all_value = np.r_[pivot_score[first:last], value]
-    all_index = np.r_[pivot_index[first:last], index]
-    is_pivot = np.r_[np.ones(last - first, dtype=np.int64), np.zeros(row.size, dtype=np.int64)]
-    order = np.lexsort((all_index, all_value, all_row))  # an item never shares (row, index) with a pivot
-    pivots_before = np.cumsum(is_pivot[order]) - is_pivot[order]
-    slot = np.empty(row.size, dtype=np.int64)
-    entries = order >= last - first
-    slot[order[entries] - (last - first)] = pivots_before[entries] - (pivot_offsets[row[order[entries] - (last - first)]]
-                                                                       - first)
-    return slot
+        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        return tuple(torch.from_numpy(a) for a in (offsets, self.overlap_index[entry], self.overlap_term[entry]))
 
 
 def evaluate_reranked(inputs, rerank: Any, protocol: str, seed: Any, num_repeats: int, chunk_size, progress):

@@ -1,0 +1,122 @@
+"""Re-ranked evaluation and re-ranked top-k without the (Q, G) matrix, against the dense two-step paths.
+
+    python -m pytest benchmarks/test_bench_rerank_sparse.py --benchmark-json=bench.json
+    python benchmarks/report.py bench.json
+
+Providers, per shape (Q x G, D features, float32, euclidean, k1 20, k2 6, lambda 0.3, native cpu backend):
+    rerank-eval      rf.evaluate_features(..., rerank=dict(k1=20, k2=6, lambda_value=0.3))
+    dense-eval       rf.evaluate(rf.re_ranking(q, g, ...), ...): the (Q, G) re-ranked matrix, then evaluation
+    rerank-top100    rf.re_ranking(q, g, ..., topk=100)
+    dense-top100     rf.re_ranking(q, g, ...) then a stable argsort of each row, first 100
+    plain-eval       rf.evaluate_features(...) without re-ranking (what re-ranking adds on top)
+peak MiB: the memory one call needs beyond the inputs (benchmarks/conftest.py: sampled RSS).
+
+Shapes: Q 500 x G 3,000, D 256 by default (seconds). Behind switches (the coordinator's runs, quiet machine):
+    REIDFAST_BENCH_G100K=1   Q 3,368 x G 100,000, D 256, every provider, REIDFAST_BENCH_ROUNDS=1 advised
+                             (one call: a k-NN pass over 103k x 103k distances)
+    REIDFAST_BENCH_MSMT17=1  Q 11,659 x G 82,161, D 2048: one call each of plain-eval, rerank-eval and
+                             dense-eval (test_msmt17_scale): time and the process's peak RSS, printed.
+Features: benchmarks/test_bench_evaluate_features.py's make_features (Market-like identities, distractors).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+import pytest
+
+import reidfast
+from conftest import device_label, fast_backends, peak_memory_bytes
+from test_bench_evaluate_features import G100K, MSMT17, make_features
+
+RERANK = dict(k1=20, k2=6, lambda_value=0.3)
+SMALL = dict(num_query=500, num_gallery=3000, num_ids=150, num_cams=6, num_distractors=500)
+SHAPES = {"small": (SMALL, 256, None), "g100k": (G100K, 256, "REIDFAST_BENCH_G100K"),
+          "msmt17": (MSMT17, 2048, "REIDFAST_BENCH_MSMT17")}  # (sizes, D, switch)
+PROVIDERS = ["rerank-eval", "dense-eval", "rerank-top100", "dense-top100", "plain-eval"]
+NATIVE = "cpu" in fast_backends("cpu")
+
+
+def _cases():
+    for name in ("small", "g100k"):
+        _, dim, switch = SHAPES[name]
+        marks = [pytest.mark.skipif(os.environ.get(switch) != "1", reason=f"set {switch}=1")] if switch else []
+        marks.append(pytest.mark.skipif(not NATIVE, reason="native module not built"))
+        for provider in PROVIDERS:
+            yield pytest.param(name, provider, id=f"{name}-d{dim}-{provider}", marks=marks)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache.clear()  # one problem in memory at a time
+            sizes, dim, _ = SHAPES[name]
+            query, gallery, *labels = make_features(**sizes, dim=dim)
+            cache[name] = (query.numpy(), gallery.numpy(), *labels)
+        return cache[name]
+
+    return get
+
+
+def _function(provider: str, query, gallery, labels):
+    if provider == "rerank-eval":
+        return lambda: reidfast.evaluate_features(query, gallery, *labels, rerank=RERANK)
+    if provider == "dense-eval":
+        return lambda: reidfast.evaluate(reidfast.re_ranking(query, gallery, **RERANK), *labels)
+    if provider == "rerank-top100":
+        return lambda: reidfast.re_ranking(query, gallery, **RERANK, topk=100)
+    if provider == "dense-top100":
+        def dense_top100():
+            distances = reidfast.re_ranking(query, gallery, **RERANK)
+            order = np.argsort(distances, axis=1, kind="stable")[:, :100]
+            return np.take_along_axis(distances, order, axis=1), order
+        return dense_top100
+    return lambda: reidfast.evaluate_features(query, gallery, *labels)
+
+
+@pytest.mark.parametrize("name,provider", list(_cases()))
+def test_rerank_sparse(run_benchmark, problems, name, provider):
+    query, gallery, *labels = problems(name)
+    shape = f"{query.shape[0]}x{gallery.shape[0]} d{query.shape[1]} k1=20 k2=6 ({name})"
+    op = "re_ranking top-100" if provider.endswith("top100") else "re-ranked evaluation"
+    run_benchmark(op, provider, "cpu", shape, _function(provider, query, gallery, labels))
+
+
+def _peak_rss_bytes() -> int:
+    """The process's high-water resident set size (VmHWM)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@pytest.mark.skipif(os.environ.get("REIDFAST_BENCH_MSMT17") != "1" or not NATIVE,
+                    reason="set REIDFAST_BENCH_MSMT17=1 (tens of minutes, ~10 GB of RAM with dense-eval)")
+@pytest.mark.parametrize("provider", ["plain-eval", "rerank-eval", "dense-eval"])
+def test_msmt17_scale(benchmark, problems, provider):
+    """One call at MSMT17 scale (D 2048): time, the call's extra memory, the process's peak RSS so far (run
+    the providers in this order: dense-eval, which holds the 3.6 GiB (Q, G) matrix, last)."""
+    query, gallery, *labels = problems("msmt17")
+    function = _function(provider, query, gallery, labels)
+    measured = {}
+
+    def call():
+        start = time.perf_counter()
+        result = function()
+        measured["seconds"] = time.perf_counter() - start
+        return result
+
+    def measure():
+        measured["extra_bytes"] = peak_memory_bytes(call, "cpu")
+
+    benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(
+        op="re-ranked evaluation", provider=provider, device=device_label("cpu"),
+        shape=f"{query.shape[0]}x{gallery.shape[0]} d2048 k1=20 k2=6 (msmt17)",
+        peak_memory_bytes=measured["extra_bytes"], process_peak_rss_bytes=_peak_rss_bytes(),
+        call_seconds=measured["seconds"],
+    )
+    print(f"\nMSMT17 scale {provider}: {measured['seconds']:.1f} s, extra {measured['extra_bytes'] / 2**30:.2f} GiB, "
+          f"process peak RSS {_peak_rss_bytes() / 2**30:.2f} GiB")
