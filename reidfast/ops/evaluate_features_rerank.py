@@ -87,56 +87,66 @@ class _RerankPass:
         return terms
 
     def pivots(self) -> "_features._Pivots":
-        """Each query's correct matches (its pid, another camera) with their re-ranked scores, sorted."""
+        """Each query's correct matches (its pid, another camera) with their re-ranked scores, sorted by
+        (score, index); the Market-1501 histogram of every query is counted in the same pass (kept for the
+        first histogram() call over all queries)."""
         labels = self.inputs.labels
         num_query = self.problem.num_query
         query, gallery = _features._own_pid_pairs(labels)
         junk = labels.g_camids.numpy()[gallery] == labels.q_camids.numpy()[query]
         num_junk = np.bincount(query[junk], minlength=num_query)
-        query, gallery = query[~junk], gallery[~junk]
-        score = np.empty(query.size, dtype=np.float32)
-        pair_offsets = np.r_[0, np.cumsum(np.bincount(query, minlength=num_query))]  # pairs grouped by query
+        query, gallery = query[~junk], gallery[~junk]  # grouped by query
+        pair_offsets = np.r_[0, np.cumsum(np.bincount(query, minlength=num_query))]
+        score, index = np.empty(query.size, dtype=np.float32), np.empty(query.size, dtype=np.int64)
+        histogram = torch.zeros(query.size, dtype=torch.int64)
         row_max = self.problem.row_max.numpy()
-        queries = np.unique(query)
-        for a, b, distances in self._blocks(queries):
-            rows = queries[a:b]
-            pairs = np.concatenate([np.arange(pair_offsets[r], pair_offsets[r + 1]) for r in rows])
-            local = np.searchsorted(rows, query[pairs])
-            d = distances.numpy()[local, gallery[pairs]]
-            score[pairs] = rerank_scores(d, row_max[query[pairs]], self._terms(query[pairs], gallery[pairs]),
-                                         self.lambda_value)
+        nan_count = 0
+        for a, b, distances in self._blocks(np.arange(num_query)):
+            pairs = slice(pair_offsets[a], pair_offsets[b])  # the block's rows' pairs
+            d = distances.numpy()[query[pairs] - a, gallery[pairs]]
+            block_score = rerank_scores(d, row_max[query[pairs]], self._terms(query[pairs], gallery[pairs]),
+                                        self.lambda_value)
+            order = np.lexsort((gallery[pairs], block_score, query[pairs]))  # (score, index) per query; -0.0 == +0.0
+            score[pairs], index[pairs] = block_score[order], gallery[pairs][order]
+            nan_count += self._count_block(distances, np.arange(a, b), pair_offsets[a: b + 1], score, index, None, 1,
+                                           histogram)
         if np.isnan(score).any():
             _features._raise_nan(int(np.isnan(score).sum()))
-        order = np.lexsort((gallery, score, query))  # by query, then (score, index); -0.0 ties +0.0
-        return _features._Pivots(offsets=pair_offsets, index=gallery[order], distance=score[order], num_junk=num_junk)
+        self._histogram_of_all = (index, _features._finish_histogram(self.inputs, histogram.numpy(), nan_count))
+        return _features._Pivots(offsets=pair_offsets, index=index, distance=score, num_junk=num_junk)
 
     def histogram(self, rows: np.ndarray, pivot_offsets: np.ndarray, pivot_score: np.ndarray,
                   pivot_index: np.ndarray, groups: torch.Tensor | None, num_groups: int, chunk_size, progress
                   ) -> np.ndarray:
         """(P * num_groups,) int64 slot histogram of the query rows `rows` (increasing) by re-ranked score."""
-        view, C = _native.view, _native._C
+        counted = getattr(self, "_histogram_of_all", None)
+        if counted is not None and counted[0] is pivot_index and groups is None and rows.size == self.problem.num_query:
+            self._histogram_of_all = None
+            return counted[1]  # counted while the pivots were scored
         histogram = torch.zeros(pivot_index.size * num_groups, dtype=torch.int64)
-        offsets_t = torch.from_numpy(np.ascontiguousarray(pivot_offsets, dtype=np.int64))
-        score_t = torch.from_numpy(np.ascontiguousarray(pivot_score, dtype=np.float32))
-        index_t = torch.from_numpy(np.ascontiguousarray(pivot_index, dtype=np.int64))
-        group_view = None if groups is None else view(groups)
-        row_max = self.problem.row_max
         nan_count = 0
         for a, b, distances in self._blocks(rows):
-            block_rows = torch.from_numpy(rows[a:b])
-            nan_count += C.rank_count_block_cpu(
-                view(distances), 0, view(offsets_t[a: b + 1]), view(score_t), view(index_t),
-                view(self.inputs.labels.q_pids[block_rows]), view(self.inputs.labels.g_pids), group_view, num_groups,
-                view(histogram), view(row_max[block_rows].contiguous()), float(self.keep), float(self.blend),
-            )
-            # the overlapping items: from the slot of their score without overlap to that of their true score
-            C.rank_count_overlap_correct_cpu(
-                view(distances), view(offsets_t[a: b + 1]), view(score_t), view(index_t),
-                view(self.inputs.labels.q_pids[block_rows]), view(self.inputs.labels.g_pids), group_view, num_groups,
-                view(row_max[block_rows].contiguous()), float(self.keep), float(self.blend),
-                *(view(t) for t in self._overlap_rows(rows[a:b])), view(histogram),
-            )
+            nan_count += self._count_block(distances, rows[a:b], pivot_offsets[a: b + 1], pivot_score, pivot_index,
+                                           groups, num_groups, histogram)
         return _features._finish_histogram(self.inputs, histogram.numpy(), nan_count)
+
+    def _count_block(self, distances: torch.Tensor, rows: np.ndarray, pivot_offsets: np.ndarray,
+                     pivot_score: np.ndarray, pivot_index: np.ndarray, groups, num_groups: int,
+                     histogram: torch.Tensor) -> int:
+        """Adds the query rows `rows` (their distances (len, G)) to the histogram; returns the NaN count."""
+        view, C = _native.view, _native._C
+        pivots = [view(torch.from_numpy(np.ascontiguousarray(a))) for a in (pivot_offsets, pivot_score, pivot_index)]
+        block_rows = torch.from_numpy(rows)
+        labels = (view(self.inputs.labels.q_pids[block_rows]), view(self.inputs.labels.g_pids))
+        group_view = None if groups is None else view(groups)
+        row_max = view(self.problem.row_max[block_rows].contiguous())
+        keep, blend = float(self.keep), float(self.blend)
+        nan_count = C.rank_count_block_cpu(view(distances), 0, *pivots, *labels, group_view, num_groups,
+                                           view(histogram), row_max, keep, blend)
+        # the overlapping items: from the slot of their score without overlap to that of their true score
+        C.rank_count_overlap_correct_cpu(view(distances), *pivots, *labels, group_view, num_groups, row_max, keep,
+                                         blend, *(view(t) for t in self._overlap_rows(rows)), view(histogram))
+        return nan_count
 
     def _overlap_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The overlap lists of `rows` (increasing) as CSR (offsets (len + 1,), index, term): views when the
