@@ -53,10 +53,6 @@ class _RerankPass:
         self.progress = progress
         problem.knn_pass()
         self.overlap_offsets, self.overlap_index, self.overlap_term = problem.overlap(k2, lambda_value)
-        counts = np.diff(self.overlap_offsets)
-        # global keys q * G + g of the overlap entries: increasing (rows in order, items increasing per row)
-        self.overlap_keys = np.repeat(np.arange(problem.num_query, dtype=np.int64), counts) * problem.num_gallery
-        self.overlap_keys += self.overlap_index
         self.q_pids, self.g_pids = inputs.labels.q_pids.numpy(), inputs.labels.g_pids.numpy()
 
     def _blocks(self, rows: np.ndarray):
@@ -75,15 +71,21 @@ class _RerankPass:
             local = rows[a:b] - start
             yield a, b, right if local.size == stop - start else right[torch.from_numpy(local)]
 
-    def _terms(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        """The Jaccard term of pairs (query[s], gallery[s]): explicit on the overlap lists, else 1 - lambda."""
+    def _terms(self, start: int, stop: int, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        """The Jaccard term of pairs (query[s], gallery[s]), queries in [start, stop): explicit on the overlap
+        lists, else 1 - lambda."""
         terms = np.full(query.size, self.keep, dtype=np.float32)
-        if self.overlap_keys.size == 0:
+        first, last = self.overlap_offsets[start], self.overlap_offsets[stop]
+        if first == last:
             return terms
-        keys = query.astype(np.int64) * self.problem.num_gallery + gallery
-        at = np.minimum(np.searchsorted(self.overlap_keys, keys), self.overlap_keys.size - 1)
-        found = self.overlap_keys[at] == keys
-        terms[found] = self.overlap_term[at[found]]
+        # keys (q - start) * G + g of the rows' entries: increasing (rows in order, items increasing per row)
+        counts = np.diff(self.overlap_offsets[start: stop + 1])
+        keys = np.repeat(np.arange(stop - start, dtype=np.int64), counts) * self.problem.num_gallery
+        keys += self.overlap_index[first:last]
+        wanted = (query - start).astype(np.int64) * self.problem.num_gallery + gallery
+        at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+        found = keys[at] == wanted
+        terms[found] = self.overlap_term[first + at[found]]
         return terms
 
     def pivots(self) -> "_features._Pivots":
@@ -104,7 +106,7 @@ class _RerankPass:
         for a, b, distances in self._blocks(np.arange(num_query)):
             pairs = slice(pair_offsets[a], pair_offsets[b])  # the block's rows' pairs
             d = distances.numpy()[query[pairs] - a, gallery[pairs]]
-            block_score = rerank_scores(d, row_max[query[pairs]], self._terms(query[pairs], gallery[pairs]),
+            block_score = rerank_scores(d, row_max[query[pairs]], self._terms(a, b, query[pairs], gallery[pairs]),
                                         self.lambda_value)
             order = np.lexsort((gallery[pairs], block_score, query[pairs]))  # (score, index) per query; -0.0 == +0.0
             score[pairs], index[pairs] = block_score[order], gallery[pairs][order]
