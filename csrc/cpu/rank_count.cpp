@@ -7,6 +7,7 @@
 // vector compare per 8 distances drops them (AVX2 where the CPU has it, a scalar loop otherwise), and the
 // few others are placed by a binary search over the row's pivots (exact key order, ties by index).
 #include "rank_count.h"
+#include "rerank.h"  // check_overlap_lists
 
 #include <algorithm>
 #include <cmath>
@@ -312,19 +313,9 @@ void rank_count_overlap_correct(const ArrayView& distances, const ArrayView& piv
     check(num_groups == 1, "num_groups: expected 1 without groups");
   }
   check_vector(row_max, "row_max", rows, DType::Float32);
-  check_vector(overlap_offsets, "overlap_offsets", rows + 1, DType::Int64);
-  const int64_t entries = overlap_index.ndim() == 1 ? overlap_index.size(0) : -1;
-  check_vector(overlap_index, "overlap_index", entries, DType::Int32);
-  check_vector(overlap_term, "overlap_term", entries, DType::Float32);
+  check_overlap_lists(overlap_offsets, overlap_index, overlap_term, rows, cols, /*increasing=*/false);
   const int64_t* overlap = overlap_offsets.ptr<int64_t>();
   const int32_t* index = overlap_index.ptr<int32_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    check(overlap[r] >= 0 && overlap[r] <= overlap[r + 1] && overlap[r + 1] <= entries,
-          "overlap_offsets: expected non-decreasing offsets within the overlap entries");
-    for (int64_t e = overlap[r]; e < overlap[r + 1]; ++e) {
-      check(index[e] >= 0 && index[e] < cols, "overlap_index: expected gallery indices of the block's columns");
-    }
-  }
   check_vector(histogram, "histogram", num_pivots * num_groups, DType::Int64);
   if (distances.dtype == DType::Float32) {
     correct_typed<float>(distances, offsets, pivot_distance.ptr<float>(), pivot_index.ptr<int64_t>(),

@@ -370,12 +370,11 @@ inline float jaccard_term(float s, float keep) {
   return jaccard_distance * keep;
 }
 
-// Phase 5, steps 7-8 (_jaccard), dense: out = jaccard * (1 - lambda) + out * lambda for the query rows.
-void jaccard(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index, int64_t num_query,
-             double lambda_value, const ArrayView& out) {
-  const int64_t num_gallery = out.size(1), out_stride = out.stride(0);
-  const float keep = static_cast<float>(1.0 - lambda_value);
-  const float blend = static_cast<float>(lambda_value);
+// Phase 5 driver: visit(i, shared, touched) for every query row i (OpenMP over rows) after
+// accumulate_overlap, with per-thread accumulators; shared is cleared at the touched items afterwards.
+template <typename Visit>
+void for_each_query_overlap(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index,
+                            int64_t num_query, int64_t num_gallery, Visit visit) {
 #pragma omp parallel
   {
     std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
@@ -384,15 +383,27 @@ void jaccard(const std::vector<SparseRow>& weight_rows, const InvertedIndex& ind
 #pragma omp for schedule(dynamic, 4)
     for (int64_t i = 0; i < num_query; ++i) {
       accumulate_overlap(weight_rows[static_cast<size_t>(i)], index, shared.data(), seen.data(), i, touched);
-      float* result = out.ptr<float>() + i * out_stride;
-      for (int64_t g = 0; g < num_gallery; ++g) {
-        const float a = jaccard_term(shared[static_cast<size_t>(g)], keep);
-        const float b = result[g] * blend;
-        result[g] = a + b;
-      }
+      visit(i, shared.data(), touched);
       for (int32_t g : touched) shared[static_cast<size_t>(g)] = 0.0f;
     }
   }
+}
+
+// Phase 5, steps 7-8 (_jaccard), dense: out = jaccard * (1 - lambda) + out * lambda for the query rows.
+void jaccard(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index, int64_t num_query,
+             double lambda_value, const ArrayView& out) {
+  const int64_t num_gallery = out.size(1), out_stride = out.stride(0);
+  const float keep = static_cast<float>(1.0 - lambda_value);
+  const float blend = static_cast<float>(lambda_value);
+  for_each_query_overlap(weight_rows, index, num_query, num_gallery,
+                         [&](int64_t i, const float* shared, std::vector<int32_t>&) {
+                           float* result = out.ptr<float>() + i * out_stride;
+                           for (int64_t g = 0; g < num_gallery; ++g) {
+                             const float a = jaccard_term(shared[g], keep);
+                             const float b = result[g] * blend;
+                             result[g] = a + b;
+                           }
+                         });
 }
 
 // Phase 5, sparse: per query row, its touched gallery items (increasing) and their Jaccard terms.
@@ -401,24 +412,14 @@ RerankOverlap jaccard_overlap(const std::vector<SparseRow>& weight_rows, const I
   const float keep = static_cast<float>(1.0 - lambda_value);
   std::vector<std::vector<int32_t>> items(static_cast<size_t>(num_query));
   std::vector<std::vector<float>> terms(static_cast<size_t>(num_query));
-#pragma omp parallel
-  {
-    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
-    std::vector<int64_t> seen(static_cast<size_t>(num_gallery), -1);
-    std::vector<int32_t> touched;
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t i = 0; i < num_query; ++i) {
-      accumulate_overlap(weight_rows[static_cast<size_t>(i)], index, shared.data(), seen.data(), i, touched);
-      std::sort(touched.begin(), touched.end());
-      std::vector<float>& term = terms[static_cast<size_t>(i)];
-      term.resize(touched.size());
-      for (size_t t = 0; t < touched.size(); ++t) {
-        term[t] = jaccard_term(shared[static_cast<size_t>(touched[t])], keep);
-        shared[static_cast<size_t>(touched[t])] = 0.0f;
-      }
-      items[static_cast<size_t>(i)] = touched;
-    }
-  }
+  for_each_query_overlap(weight_rows, index, num_query, num_gallery,
+                         [&](int64_t i, const float* shared, std::vector<int32_t>& touched) {
+                           std::sort(touched.begin(), touched.end());
+                           std::vector<float>& term = terms[static_cast<size_t>(i)];
+                           term.resize(touched.size());
+                           for (size_t t = 0; t < touched.size(); ++t) term[t] = jaccard_term(shared[touched[t]], keep);
+                           items[static_cast<size_t>(i)] = touched;
+                         });
   RerankOverlap result;
   result.offsets.assign(static_cast<size_t>(num_query) + 1, 0);
   for (int64_t i = 0; i < num_query; ++i)

@@ -62,6 +62,12 @@ void rerank_select_block(const ArrayView& distances, const ArrayView& row_max, d
                          const ArrayView& overlap_offsets, const ArrayView& overlap_index,
                          const ArrayView& overlap_term, const ArrayView& values, const ArrayView& indices);
 
+// Validates overlap lists for `rows` rows of `cols` gallery items (rerank_select_block's, and the re-ranked
+// counting's in rank_count.h): offsets (rows + 1,) int64 within index (E,) int32 / term (E,) float32, gallery
+// indices in [0, cols) and, when `increasing`, strictly increasing per row.
+void check_overlap_lists(const ArrayView& overlap_offsets, const ArrayView& overlap_index,
+                         const ArrayView& overlap_term, int64_t rows, int64_t cols, bool increasing);
+
 // round_half_even(k1 / 2), as np.around(k1 / 2.0): 1 -> 0, 5 -> 2, 7 -> 4, 21 -> 10.
 int64_t rerank_half_k1(int64_t k1);
 

@@ -62,15 +62,8 @@ void select_typed(const ArrayView& distances, const float* row_max, float keep, 
 
 }  // namespace
 
-void rerank_select_block(const ArrayView& distances, const ArrayView& row_max, double lambda_value,
-                         const ArrayView& overlap_offsets, const ArrayView& overlap_index,
-                         const ArrayView& overlap_term, const ArrayView& values, const ArrayView& indices) {
-  check_matrix(distances, "distances", false);
-  check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64,
-        std::string("distances: expected float32 or float64, got ") + dtype_name(distances.dtype));
-  const int64_t rows = distances.size(0), cols = distances.size(1);
-  check(cols < (int64_t{1} << 31), "distances: expected fewer than 2^31 gallery items");
-  check_vector(row_max, "row_max", rows, DType::Float32);
+void check_overlap_lists(const ArrayView& overlap_offsets, const ArrayView& overlap_index,
+                         const ArrayView& overlap_term, int64_t rows, int64_t cols, bool increasing) {
   check_vector(overlap_offsets, "overlap_offsets", rows + 1, DType::Int64);
   const int64_t entries = overlap_index.ndim() == 1 ? overlap_index.size(0) : -1;
   check_vector(overlap_index, "overlap_index", entries, DType::Int32);
@@ -81,10 +74,24 @@ void rerank_select_block(const ArrayView& distances, const ArrayView& row_max, d
     check(offsets[r] >= 0 && offsets[r] <= offsets[r + 1] && offsets[r + 1] <= entries,
           "overlap_offsets: expected non-decreasing offsets within the overlap entries");
     for (int64_t e = offsets[r]; e < offsets[r + 1]; ++e) {
-      check(index[e] >= 0 && index[e] < cols && (e == offsets[r] || index[e - 1] < index[e]),
-            "overlap_index: expected increasing gallery indices per row");
+      check(index[e] >= 0 && index[e] < cols && (!increasing || e == offsets[r] || index[e - 1] < index[e]),
+            "overlap_index: expected gallery indices of the block's columns, increasing per row");
     }
   }
+}
+
+void rerank_select_block(const ArrayView& distances, const ArrayView& row_max, double lambda_value,
+                         const ArrayView& overlap_offsets, const ArrayView& overlap_index,
+                         const ArrayView& overlap_term, const ArrayView& values, const ArrayView& indices) {
+  check_matrix(distances, "distances", false);
+  check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64,
+        std::string("distances: expected float32 or float64, got ") + dtype_name(distances.dtype));
+  const int64_t rows = distances.size(0), cols = distances.size(1);
+  check(cols < (int64_t{1} << 31), "distances: expected fewer than 2^31 gallery items");
+  check_vector(row_max, "row_max", rows, DType::Float32);
+  check_overlap_lists(overlap_offsets, overlap_index, overlap_term, rows, cols, /*increasing=*/true);
+  const int64_t* offsets = overlap_offsets.ptr<int64_t>();
+  const int32_t* index = overlap_index.ptr<int32_t>();
   check_matrix(values, "values", false);
   check_matrix(indices, "indices", false);
   const int64_t k = values.ndim() == 2 ? values.size(1) : 0;
