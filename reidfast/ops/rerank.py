@@ -251,18 +251,11 @@ def _run(implementation, kind, data, k1, k2, lambda_value, chunk_size, progress,
         return _TOPK[backend](kind, data, k1, k2, lambda_value, chunk_size, progress, topk)
 
 
-def _answer(result: Any, library: str, device: torch.device | None) -> Any:
+def _answer(result: Any, library: str, device: torch.device | None, dtype: type = np.float32) -> Any:
     if isinstance(result, tuple):  # top-k: (values, indices)
         values, indices = result
-        return _answer(values, library, device), _answer_indices(indices, library, device)
-    tensor = torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32))
-    if device is not None and device.type != "cpu":
-        tensor = tensor.to(device)
-    return to_caller(tensor, library)
-
-
-def _answer_indices(indices: np.ndarray, library: str, device: torch.device | None) -> Any:
-    tensor = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+        return _answer(values, library, device), _answer(indices, library, device, np.int64)
+    tensor = torch.from_numpy(np.ascontiguousarray(result, dtype=dtype))
     if device is not None and device.type != "cpu":
         tensor = tensor.to(device)
     return to_caller(tensor, library)
