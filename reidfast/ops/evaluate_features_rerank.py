@@ -12,7 +12,8 @@ k-reciprocal neighbour with q, and an explicit Jaccard term for the few that do 
      as if it had no overlap; then per query a sparse correction (rank_count_overlap_correct) moves each
      overlapping item (other pid) from the slot of that score to the slot of its true score;
   4. CMC, mAP, mINP and CUHK03 draws as evaluate_features (ops/evaluate_features.py: _evaluate_with).
-Memory O(N * k1 + overlap + Q * matches + block); distance work: the k-NN pass plus twice the query rows.
+Memory O(N * k1 + overlap + Q * matches + block); distance work: the k-NN pass plus the query rows once
+more (pivots and Market-1501 counts in one pass; CUHK03 adds a pass per block of sampled queries).
 Not sharded (group=): the k-NN graph couples every gallery item with every other, across shards.
 """
 from __future__ import annotations
@@ -53,7 +54,6 @@ class _RerankPass:
         self.progress = progress
         problem.knn_pass()
         self.overlap_offsets, self.overlap_index, self.overlap_term = problem.overlap(k2, lambda_value)
-        self.q_pids, self.g_pids = inputs.labels.q_pids.numpy(), inputs.labels.g_pids.numpy()
 
     def _blocks(self, rows: np.ndarray):
         """(positions a:b in rows, the rows' distances (len, G)) per block of query rows holding some of `rows`
@@ -169,15 +169,15 @@ def evaluate_reranked(inputs, rerank: Any, protocol: str, seed: Any, num_repeats
             "rerank: not supported with group=: re-ranking needs the k-NN graph over all items, and each gallery "
             "item's neighbour list spans every shard; evaluate re-ranked on one process"
         )
+    k1, k2, lambda_value = check_rerank(rerank, inputs.query.shape[0] + inputs.gallery.shape[0])
     backend, _ = RE_RANKING.select(inputs.query.device)
     if backend != "cpu":
         raise ValueError(
             f"rerank: re-ranked evaluation runs on the native cpu backend only, got the {backend!r} re-ranking "
             "backend for these inputs; pass host (numpy or CPU torch) features"
         )
-    query = np.ascontiguousarray(inputs.query.float().numpy())
+    query = np.ascontiguousarray(inputs.query.float().numpy())  # as rf.re_ranking: float32 features
     gallery = np.ascontiguousarray(inputs.gallery.float().numpy())
-    k1, k2, lambda_value = check_rerank(rerank, query.shape[0] + gallery.shape[0])
     with torch.no_grad():
         problem = NativeRerank("features", (query, gallery, inputs.metric), k1, chunk_size)
         pass_ = _RerankPass(problem, inputs, k2, lambda_value, progress)
