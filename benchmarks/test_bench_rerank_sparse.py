@@ -12,11 +12,12 @@ Providers, per shape (Q x G, D features, float32, euclidean, k1 20, k2 6, lambda
 The dense providers are recorded as "reference" (report.py's speedup column: dense time / this time).
 peak MiB: the memory one call needs beyond the inputs (benchmarks/conftest.py: sampled RSS).
 
-Shapes: Q 500 x G 3,000, D 256 by default (seconds). Behind switches (the coordinator's runs, quiet machine):
-    REIDFAST_BENCH_G100K=1   Q 3,368 x G 100,000, D 256, every provider, REIDFAST_BENCH_ROUNDS=1 advised
-                             (one call: a k-NN pass over 103k x 103k distances)
-    REIDFAST_BENCH_MSMT17=1  Q 11,659 x G 82,161, D 2048: one call each of plain-eval, rerank-eval and
-                             dense-eval (test_msmt17_scale): time and the process's peak RSS, printed.
+Shapes: Q 500 x G 3,000, D 256 by default (seconds, pytest-benchmark rounds). At scale one call per provider
+(test_one_call_at_scale: time, the call's extra memory and the process's peak RSS, printed and recorded),
+behind switches (the coordinator's runs, quiet machine):
+    REIDFAST_BENCH_G100K=1   Q 3,368 x G 100,000, D 256: a k-NN pass over 103k x 103k distances per call
+    REIDFAST_BENCH_MSMT17=1  Q 11,659 x G 82,161, D 2048: plain-eval, rerank-eval, rerank-top100, then
+                             dense-eval (the 3.6 GiB (Q, G) matrix; ~10 GB of RAM), in that order
 Features: benchmarks/test_bench_evaluate_features.py's make_features (Market-like identities, distractors).
 """
 from __future__ import annotations
@@ -41,12 +42,17 @@ NATIVE = "cpu" in fast_backends("cpu")
 
 
 def _cases():
-    for name in ("small", "g100k"):
-        _, dim, switch = SHAPES[name]
-        marks = [pytest.mark.skipif(os.environ.get(switch) != "1", reason=f"set {switch}=1")] if switch else []
-        marks.append(pytest.mark.skipif(not NATIVE, reason="native module not built"))
-        for provider in PROVIDERS:
-            yield pytest.param(name, provider, id=f"{name}-d{dim}-{provider}", marks=marks)
+    for provider in PROVIDERS:
+        yield pytest.param("small", provider, id=f"small-d256-{provider}",
+                           marks=[pytest.mark.skipif(not NATIVE, reason="native module not built")])
+
+
+def _scale_cases():
+    for name, providers in (("g100k", PROVIDERS), ("msmt17", ["plain-eval", "rerank-eval", "rerank-top100", "dense-eval"])):
+        switch = SHAPES[name][2]
+        marks = [pytest.mark.skipif(os.environ.get(switch) != "1" or not NATIVE, reason=f"set {switch}=1 (minutes a call)")]
+        for provider in providers:
+            yield pytest.param(name, provider, id=f"{name}-{provider}", marks=marks)
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +100,11 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-@pytest.mark.skipif(os.environ.get("REIDFAST_BENCH_MSMT17") != "1" or not NATIVE,
-                    reason="set REIDFAST_BENCH_MSMT17=1 (tens of minutes, ~10 GB of RAM with dense-eval)")
-@pytest.mark.parametrize("provider", ["plain-eval", "rerank-eval", "dense-eval"])
-def test_msmt17_scale(benchmark, problems, provider):
-    """One call at MSMT17 scale (D 2048): time, the call's extra memory, the process's peak RSS so far (run
-    the providers in this order: dense-eval, which holds the 3.6 GiB (Q, G) matrix, last)."""
-    query, gallery, *labels = problems("msmt17")
+@pytest.mark.parametrize("name,provider", list(_scale_cases()))
+def test_one_call_at_scale(benchmark, problems, name, provider):
+    """One call: time, the call's extra memory, the process's peak RSS so far (dense-eval, which holds the
+    (Q, G) matrix, runs last at MSMT17 scale)."""
+    query, gallery, *labels = problems(name)
     function = _function(provider, query, gallery, labels)
     measured = {}
 
@@ -114,11 +118,12 @@ def test_msmt17_scale(benchmark, problems, provider):
         measured["extra_bytes"] = peak_memory_bytes(call, "cpu")
 
     benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
+    shape = f"{query.shape[0]}x{gallery.shape[0]} d{query.shape[1]} k1=20 k2=6 ({name})"
     benchmark.extra_info.update(
-        op="re-ranked evaluation", provider=provider, device=device_label("cpu"),
-        shape=f"{query.shape[0]}x{gallery.shape[0]} d2048 k1=20 k2=6 (msmt17)",
+        op="re_ranking top-100" if provider.endswith("top100") else "re-ranked evaluation",
+        provider="reference" if provider.startswith("dense") else provider, device=device_label("cpu"), shape=shape,
         peak_memory_bytes=measured["extra_bytes"], process_peak_rss_bytes=_peak_rss_bytes(),
         call_seconds=measured["seconds"],
     )
-    print(f"\nMSMT17 scale {provider}: {measured['seconds']:.1f} s, extra {measured['extra_bytes'] / 2**30:.2f} GiB, "
+    print(f"\n{shape} {provider}: {measured['seconds']:.1f} s, extra {measured['extra_bytes'] / 2**30:.2f} GiB, "
           f"process peak RSS {_peak_rss_bytes() / 2**30:.2f} GiB")
