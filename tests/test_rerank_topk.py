@@ -1,6 +1,6 @@
 """rf.re_ranking(..., topk=K): bit for bit the K first entries of each row of the dense re-ranked matrix
 (values and indices, ascending, ties by gallery index), from features and from distances, on the native cpu
-backend (which never builds the (Q, G) output) and the reference backend (dense + stable sort)."""
+and torch backends (which never build the (Q, G) output) and the reference backend (dense + stable sort)."""
 from __future__ import annotations
 
 import numpy as np
@@ -137,8 +137,30 @@ def test_bad_topk_is_named(topk):
         reidfast.re_ranking(query, gallery, 4, 2, 0.3, topk=topk)
 
 
+@pytest.mark.cuda_emulator
 def test_backends_without_topk_say_so():
+    if not reidfast.backends()["cuda"].available or "cpu" not in reidfast.backends()["cuda"].devices:
+        pytest.skip("the cuda backend does not run on CPU tensors here (REIDFAST_EMULATE_CUDA=1 with the emulator)")
     rng = np.random.default_rng(0)
     query, gallery = torch.from_numpy(clustered(rng, 5)), torch.from_numpy(clustered(rng, 20))
-    with reidfast.use_backend("torch"), pytest.raises(ValueError, match=r"topk: the 'torch' re-ranking backend"):
+    with reidfast.use_backend("cuda"), pytest.raises(ValueError, match=r"topk: the 'cuda' re-ranking backend"):
         reidfast.re_ranking(query, gallery, 4, 2, 0.3, topk=3)
+
+
+@pytest.mark.parametrize("kind", ["features", "distances"])
+@pytest.mark.parametrize("lambda_value", [0.0, 0.3])
+def test_torch_backend_topk_equals_its_dense_rows(kind, lambda_value):
+    """The torch backend (device-resident; forced onto CPU tensors here, where its sums are deterministic)."""
+    rng = np.random.default_rng(6)
+    query, gallery = torch.from_numpy(clustered(rng, 30)), torch.from_numpy(with_duplicates(rng, clustered(rng, 110)))
+    with reidfast.use_backend("torch"):
+        if kind == "features":
+            dense = reidfast.re_ranking(query, gallery, 20, 6, lambda_value, chunk_size=8)
+            result = reidfast.re_ranking(query, gallery, 20, 6, lambda_value, chunk_size=8, topk=25)
+        else:
+            q_g, q_q, g_g = (ref_pairwise(a, b, "euclidean") for a, b in ((query, gallery), (query, query),
+                                                                          (gallery, gallery)))
+            dense = reidfast.re_ranking_distances(q_g, q_q, g_g, 20, 6, lambda_value, chunk_size=8)
+            result = reidfast.re_ranking_distances(q_g, q_q, g_g, 20, 6, lambda_value, chunk_size=8, topk=25)
+    assert all(isinstance(t, torch.Tensor) for t in result)
+    assert_same_topk(result, dense.numpy(), 25)

@@ -107,8 +107,13 @@ def _re_ranking_reference_topk(kind, data, k1, k2, lambda_value, chunk_size, pro
     return reference.topk_rows(_re_ranking_reference(kind, data, k1, k2, lambda_value, chunk_size, progress), topk)
 
 
-# Backends with a top-k form (the others raise naming topk).
-_TOPK = {"cpu": _re_ranking_cpu_topk, "reference": _re_ranking_reference_topk}
+def _re_ranking_torch_topk(kind, data, k1, k2, lambda_value, chunk_size, progress, topk):
+    return _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, topk=topk)
+
+
+# Backends with a top-k form (the others raise naming topk). "cuda" has none: its deterministic Jaccard kernel
+# writes the dense rows (the torch backend's top-k runs on CUDA tensors too, with atomic sums).
+_TOPK = {"cpu": _re_ranking_cpu_topk, "reference": _re_ranking_reference_topk, "torch": _re_ranking_torch_topk}
 
 
 def _device_distance_block(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
@@ -119,7 +124,7 @@ def _device_distance_block(x: torch.Tensor, y: torch.Tensor, metric: str) -> tor
 
 
 @RE_RANKING.register("torch")
-def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=None):
+def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=None, topk=None):
     """torch ops on the input's device (reidfast/kernels/torch/rerank.py): the default for CUDA/cupy inputs
     when the CUDA kernels are not built."""
     from ..kernels.torch import rerank as torch_rerank
@@ -131,7 +136,7 @@ def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, ja
         return torch_rerank.re_ranking(
             kind, data, k1, k2, lambda_value, chunk_size, distance_block=_device_distance_block,
             progress=None if bar is None else bar.update,
-            block_elements=_DEVICE_BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS), jaccard=jaccard,
+            block_elements=_DEVICE_BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS), jaccard=jaccard, topk=topk,
         )
     finally:
         if bar is not None:
@@ -261,6 +266,11 @@ def _answer(result: Any, library: str, device: torch.device | None, dtype: type 
     return to_caller(tensor, library)
 
 
+def _to_caller(result: Any, library: str) -> Any:
+    """A device-resident backend's result (a tensor, or top-k's (values, indices)) in the caller's type."""
+    return tuple(to_caller(t, library) for t in result) if isinstance(result, tuple) else to_caller(result, library)
+
+
 def _library(value: Any, name: str) -> str:
     try:
         return as_tensor(value, name)[1]
@@ -303,7 +313,7 @@ def re_ranking_distances(
         topk = _check_topk(topk, q_g.shape[1])
         result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress, topk,
                       backend)
-        return to_caller(result, library)
+        return _to_caller(result, library)
     q_g, device = _host_array(q_g_dist)
     q_q, _ = _host_array(q_q_dist)
     g_g, _ = _host_array(g_g_dist)
@@ -338,8 +348,9 @@ def re_ranking(
     rounding (near-tied distances, e.g. duplicated features, may order differently).
 
     topk=K returns (values (Q, K) float32, indices (Q, K) int64): each row's K smallest re-ranked distances,
-    ascending, ties by gallery index, bit for bit those of the dense result's rows (cpu and reference
-    backends; the torch and cuda backends raise). Memory O(N * k1 + Q * K + overlap), never (Q, G): an item
+    ascending, ties by gallery index, bit for bit those of the same backend's dense rows (cpu, reference and
+    torch backends; on CUDA the torch backend's atomic sums vary in the last ulp run to run; the cuda backend
+    raises). Memory O(N * k1 + Q * K + overlap), never (Q, G): an item
     sharing no k-reciprocal neighbour with the query scores (1 - lambda) + lambda * d^2 / max, a function of
     its distance alone, so only the few overlapping items need their Jaccard term (ops/rerank_sparse.py);
     the query rows' distances are computed twice (about Q / N more distance work).
@@ -368,6 +379,6 @@ def re_ranking(
     if backend in _DEVICE_RESIDENT:
         check_same_device(query_features=query, gallery_features=gallery)
         result = _run(implementation, "features", data, k1, k2, lambda_value, chunk_size, progress, topk, backend)
-        return to_caller(result, library)
+        return _to_caller(result, library)
     result = _run(implementation, "features", data, k1, k2, lambda_value, chunk_size, progress, topk, backend)
     return _answer(result, library, device)
