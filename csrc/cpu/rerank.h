@@ -19,6 +19,12 @@
 namespace reidfast {
 namespace cpu {
 
+// np.power(joint, 2) in the joint's dtype, then .astype(float32).
+template <typename T>
+inline float square_f32(T x) {
+  return static_cast<float>(x * x);
+}
+
 // Row r of the block is [left[r, :], right[r, :]] (b rows, N columns in all): the raw distances of the
 // joint matrix for one item each, float32 or float64, any strides (a transposed view reads well). Writes
 // row_max (b,) float32: max_j float32(x_j^2), with 0 replaced by 1; and indices (b, k) int64: the k

@@ -16,7 +16,7 @@ namespace {
 // file is compiled with -ffp-contract=off), as _re_ranking_cpu and jaccard() compute out[i, g].
 template <typename T>
 inline float blended(T d, float row_max, float blend) {
-  const float square = static_cast<float>(d * d);
+  const float square = square_f32(d);
   const float original = square / row_max;
   return original * blend;
 }
