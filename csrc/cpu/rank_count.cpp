@@ -7,7 +7,7 @@
 // vector compare per 8 distances drops them (AVX2 where the CPU has it, a scalar loop otherwise), and the
 // few others are placed by a binary search over the row's pivots (exact key order, ties by index).
 #include "rank_count.h"
-#include "rerank.h"  // check_overlap_lists
+#include "rank_slot.h"
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +17,8 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include "rerank.h"  // check_overlap_lists
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(REIDFAST_NO_X86_SIMD)
@@ -83,21 +85,6 @@ int64_t collect(const T* row, int64_t cols, T bound, int32_t* candidates) {
   if (cpu_has_avx2()) return collect_avx2(row, cols, bound, candidates);
 #endif
   return collect_scalar(row, cols, bound, candidates);
-}
-
-// slot = #{pivots with key < (value, g)}: binary search on the keys sorted by (value, index).
-template <typename Value>
-inline int64_t slot_of(const Value* distance, const int64_t* index, int64_t count, Value value, int64_t g) {
-  int64_t lo = 0, hi = count;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    if (distance[mid] < value || (distance[mid] == value && index[mid] < g)) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
 }
 
 // The value an item is ranked by: its distance, or the re-ranked score of a non-overlapping item.
@@ -172,12 +159,13 @@ int64_t count_typed(const ArrayView& distances, int64_t col0, const int64_t* off
       const int64_t found = collect(row, cols, bound, candidates.data());
       for (int64_t i = 0; i < found; ++i) {
         const int64_t c = candidates[i], g = col0 + c;
-        if (std::isnan(row[c])) {
+        const Value value = key(row[c]);  // NaN iff the distance is (for finite scores)
+        if (std::isnan(value)) {
           ++nan_count;
           continue;
         }
         if (row_labels != nullptr && item_labels[g] == row_labels[r]) continue;  // the row's own label: not counted
-        const int64_t lo = slot_of(distance, index, count, key(row[c]), g);
+        const int64_t lo = pivot_slot(distance, index, count, value, g);  // rank_slot.h
         if (lo < count) histogram[(first + lo) * num_groups + (groups ? groups[g] : 0)] += 1;
       }
     }
@@ -218,8 +206,8 @@ void correct_typed(const ArrayView& distances, const int64_t* offsets, const flo
       const float score = transformed(row[g], row_max[r], overlap_term[e], blend);  // term + the same product
       if (plain == score) continue;
       const int64_t group = groups ? groups[g] : 0;
-      const int64_t from = slot_of(pivot_score + first, pivot_index + first, count, plain, g);
-      const int64_t to = slot_of(pivot_score + first, pivot_index + first, count, score, g);
+      const int64_t from = pivot_slot(pivot_score + first, pivot_index + first, count, plain, g);
+      const int64_t to = pivot_slot(pivot_score + first, pivot_index + first, count, score, g);
       if (from < count) histogram[(first + from) * num_groups + group] -= 1;
       if (to < count) histogram[(first + to) * num_groups + group] += 1;
     }
