@@ -1,4 +1,5 @@
 // The only file that includes pybind11. Thin: build the views, release the GIL, call the kernel.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -172,6 +173,35 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("ranks"), py::arg("row_max"), py::arg("features"), py::arg("metric"), py::arg("q_g"), py::arg("q_q"),
       py::arg("g_g"), py::arg("num_query"), py::arg("k1"), py::arg("k2"), py::arg("lambda_value"), py::arg("out"));
+  // Re-ranked top-k / evaluation without the (Q, G) output (cpu/rerank.h): the overlap lists as numpy arrays.
+  m.def(
+      "rerank_overlap_cpu",
+      [](const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features, int metric,
+         const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g, int64_t num_query, int64_t k1, int64_t k2,
+         double lambda_value) {
+        reidfast::cpu::RerankOverlap overlap;
+        {
+          py::gil_scoped_release release;
+          overlap = reidfast::cpu::rerank_overlap(ranks, row_max, features, to_metric(metric), q_g, q_q, g_g,
+                                                  num_query, k1, k2, lambda_value);
+        }
+        return py::make_tuple(py::array_t<int64_t>(overlap.offsets.size(), overlap.offsets.data()),
+                              py::array_t<int32_t>(overlap.index.size(), overlap.index.data()),
+                              py::array_t<float>(overlap.term.size(), overlap.term.data()));
+      },
+      py::arg("ranks"), py::arg("row_max"), py::arg("features"), py::arg("metric"), py::arg("q_g"), py::arg("q_q"),
+      py::arg("g_g"), py::arg("num_query"), py::arg("k1"), py::arg("k2"), py::arg("lambda_value"));
+  m.def(
+      "rerank_select_block_cpu",
+      [](const ArrayView& distances, const ArrayView& row_max, double lambda_value, const ArrayView& overlap_offsets,
+         const ArrayView& overlap_index, const ArrayView& overlap_term, const ArrayView& values,
+         const ArrayView& indices) {
+        py::gil_scoped_release release;
+        reidfast::cpu::rerank_select_block(distances, row_max, lambda_value, overlap_offsets, overlap_index,
+                                           overlap_term, values, indices);
+      },
+      py::arg("distances"), py::arg("row_max"), py::arg("lambda_value"), py::arg("overlap_offsets"),
+      py::arg("overlap_index"), py::arg("overlap_term"), py::arg("values"), py::arg("indices"));
 
   m.def(
       "evaluate_cuhk03_sampled_ranks_cpu",
@@ -233,14 +263,33 @@ PYBIND11_MODULE(_C, m) {
       "rank_count_block_cpu",
       [](const ArrayView& distances, int64_t col0, const ArrayView& pivot_offsets, const ArrayView& pivot_distance,
          const ArrayView& pivot_index, const ArrayView* row_labels, const ArrayView* item_labels,
-         const ArrayView* groups, int64_t num_groups, const ArrayView& histogram) {
+         const ArrayView* groups, int64_t num_groups, const ArrayView& histogram, const ArrayView* row_max, float keep,
+         float blend) {
         py::gil_scoped_release release;
         return reidfast::cpu::rank_count_block(distances, col0, pivot_offsets, pivot_distance, pivot_index,
-                                               row_labels, item_labels, groups, num_groups, histogram);
+                                               row_labels, item_labels, groups, num_groups, histogram, row_max, keep,
+                                               blend);
       },
       py::arg("distances"), py::arg("col0"), py::arg("pivot_offsets"), py::arg("pivot_distance"),
       py::arg("pivot_index"), py::arg("row_labels").none(true), py::arg("item_labels").none(true),
-      py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"));
+      py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"),
+      py::arg("row_max").none(true) = py::none(), py::arg("keep") = 0.0f, py::arg("blend") = 0.0f);
+  m.def(
+      "rank_count_overlap_correct_cpu",
+      [](const ArrayView& distances, const ArrayView& pivot_offsets, const ArrayView& pivot_distance,
+         const ArrayView& pivot_index, const ArrayView& row_labels, const ArrayView& item_labels,
+         const ArrayView* groups, int64_t num_groups, const ArrayView& row_max, float keep, float blend,
+         const ArrayView& overlap_offsets, const ArrayView& overlap_index, const ArrayView& overlap_term,
+         const ArrayView& histogram) {
+        py::gil_scoped_release release;
+        reidfast::cpu::rank_count_overlap_correct(distances, pivot_offsets, pivot_distance, pivot_index, row_labels,
+                                                  item_labels, groups, num_groups, row_max, keep, blend,
+                                                  overlap_offsets, overlap_index, overlap_term, histogram);
+      },
+      py::arg("distances"), py::arg("pivot_offsets"), py::arg("pivot_distance"), py::arg("pivot_index"),
+      py::arg("row_labels"), py::arg("item_labels"), py::arg("groups").none(true), py::arg("num_groups"),
+      py::arg("row_max"), py::arg("keep"), py::arg("blend"), py::arg("overlap_offsets"), py::arg("overlap_index"),
+      py::arg("overlap_term"), py::arg("histogram"));
 
   // The counting pass fused into the distance tile (cpu/gemm_kernels.h: fused_rank_count); kernel as above.
   m.def(

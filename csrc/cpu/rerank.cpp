@@ -1,5 +1,5 @@
-// k-reciprocal re-ranking on the CPU (see rerank.h): top-k pass over row blocks, then sparse weight rows,
-// sparse query expansion and the query rows of the Jaccard distance through an inverted index.
+// k-reciprocal re-ranking on the CPU (see rerank.h): sparse weight rows, sparse query expansion and the query
+// rows of the Jaccard distance through an inverted index (the top-k pass over row blocks: rerank_knn.cpp).
 #include "rerank.h"
 
 #include <algorithm>
@@ -12,69 +12,6 @@
 namespace reidfast {
 namespace cpu {
 namespace {
-
-template <typename T>
-inline float square_f32(T x) {
-  // np.power(joint, 2) in the joint's dtype, then .astype(float32)
-  return static_cast<float>(x * x);
-}
-
-// Row r of the block is [left[r, :], right[r, :]]; either part may be a transposed view (any strides), so
-// rows are handled in tiles of kTile with the column loop outside: a transposed part is then read along
-// its contiguous dimension, kTile consecutive values (a cache line) per column.
-constexpr int64_t kTile = 16;
-
-template <typename T>
-void topk_block_typed(const ArrayView& left, const ArrayView& right, int64_t k, float* row_max, int64_t* indices,
-                      int64_t index_stride) {
-  const int64_t rows = left.size(0), left_cols = left.size(1), cols = left_cols + right.size(1);
-  const T* lp = left.ptr<T>();
-  const T* rp = right.ptr<T>();
-  const int64_t l0 = left.stride(0), l1 = left.stride(1), r0 = right.stride(0), r1 = right.stride(1);
-  using Entry = std::pair<float, int64_t>;  // (normalised value, column): lexicographic = ties by index
-  const int64_t tiles = (rows + kTile - 1) / kTile;
-#pragma omp parallel
-  {
-    std::vector<std::vector<Entry>> heaps(kTile);
-    for (auto& heap : heaps) heap.reserve(static_cast<size_t>(k));
-    float maximum[kTile];
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t first = tile * kTile, count = std::min(kTile, rows - first);
-      auto value_at = [&](int64_t r, int64_t j) -> T {
-        return j < left_cols ? lp[(first + r) * l0 + j * l1] : rp[(first + r) * r0 + (j - left_cols) * r1];
-      };
-      for (int64_t r = 0; r < count; ++r) maximum[r] = 0.0f;
-      for (int64_t j = 0; j < cols; ++j)
-        for (int64_t r = 0; r < count; ++r) maximum[r] = std::max(maximum[r], square_f32(value_at(r, j)));
-      for (int64_t r = 0; r < count; ++r) {
-        if (maximum[r] == 0.0f) maximum[r] = 1.0f;  // an all-zero column stays zero (reference docstring)
-        row_max[first + r] = maximum[r];
-        heaps[static_cast<size_t>(r)].clear();
-      }
-      for (int64_t j = 0; j < cols; ++j) {
-        for (int64_t r = 0; r < count; ++r) {
-          std::vector<Entry>& heap = heaps[static_cast<size_t>(r)];
-          const float value = square_f32(value_at(r, j)) / maximum[r];
-          if (static_cast<int64_t>(heap.size()) < k) {
-            heap.emplace_back(value, j);
-            std::push_heap(heap.begin(), heap.end());
-          } else if (value < heap.front().first) {  // equal value: the later column loses the tie
-            std::pop_heap(heap.begin(), heap.end());
-            heap.back() = Entry(value, j);
-            std::push_heap(heap.begin(), heap.end());
-          }
-        }
-      }
-      for (int64_t r = 0; r < count; ++r) {
-        std::vector<Entry>& heap = heaps[static_cast<size_t>(r)];
-        std::sort_heap(heap.begin(), heap.end());
-        int64_t* out = indices + (first + r) * index_stride;
-        for (int64_t t = 0; t < k; ++t) out[t] = heap[static_cast<size_t>(t)].second;
-      }
-    }
-  }
-}
 
 // joint[j, i]^2 in float32, from the three distance blocks or from the features.
 struct PairSource {
@@ -343,39 +280,129 @@ InvertedIndex gallery_inverted_index(const std::vector<SparseRow>& weight_rows, 
   return index;
 }
 
-// Phase 5, steps 7-8 (_jaccard): s = sum_j min(V[i, j], V[g, j]) in increasing j for the query rows,
-// jaccard = 1 - s / (2 - s), and out = jaccard * (1 - lambda) + out * lambda.
+// Phase 5, step 7 for one query row: shared[g] = s = sum_j min(V[i, j], V[g, j]) in increasing j over the
+// gallery rows sharing a column with row i, exactly as published. Every touched g is appended to `touched`
+// once (marked in `seen`); each min is a positive weight, so the untouched g have s == 0.
+void accumulate_overlap(const SparseRow& row, const InvertedIndex& index, float* shared, int64_t* seen, int64_t mark,
+                        std::vector<int32_t>& touched) {
+  touched.clear();
+  const std::vector<int64_t>& column_start = index.column_start;
+  for (size_t t = 0; t < row.index.size(); ++t) {
+    const int32_t j = row.index[t];
+    const float v = row.value[t];
+    for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
+      const int32_t g = index.item[static_cast<size_t>(at)];
+      if (seen[g] != mark) {
+        seen[g] = mark;
+        touched.push_back(g);
+      }
+      shared[g] += std::min(v, index.value[static_cast<size_t>(at)]);
+    }
+  }
+}
+
+// The Jaccard term of the output, (1 - s / (2 - s)) * (1 - lambda), in the published float32 operations.
+inline float jaccard_term(float s, float keep) {
+  const float jaccard_distance = 1.0f - s / (2.0f - s);
+  return jaccard_distance * keep;
+}
+
+// Phase 5 driver: visit(i, shared, touched) for every query row i (OpenMP over rows) after
+// accumulate_overlap, with per-thread accumulators; shared is cleared at the touched items afterwards.
+template <typename Visit>
+void for_each_query_overlap(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index,
+                            int64_t num_query, int64_t num_gallery, Visit visit) {
+#pragma omp parallel
+  {
+    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
+    std::vector<int64_t> seen(static_cast<size_t>(num_gallery), -1);
+    std::vector<int32_t> touched;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < num_query; ++i) {
+      accumulate_overlap(weight_rows[static_cast<size_t>(i)], index, shared.data(), seen.data(), i, touched);
+      visit(i, shared.data(), touched);
+      for (int32_t g : touched) shared[static_cast<size_t>(g)] = 0.0f;
+    }
+  }
+}
+
+// Phase 5, steps 7-8 (_jaccard), dense: out = jaccard * (1 - lambda) + out * lambda for the query rows.
 void jaccard(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index, int64_t num_query,
              double lambda_value, const ArrayView& out) {
   const int64_t num_gallery = out.size(1), out_stride = out.stride(0);
   const float keep = static_cast<float>(1.0 - lambda_value);
   const float blend = static_cast<float>(lambda_value);
-  const std::vector<int64_t>& column_start = index.column_start;
-#pragma omp parallel
-  {
-    std::vector<float> shared(static_cast<size_t>(num_gallery), 0.0f);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t i = 0; i < num_query; ++i) {
-      const SparseRow& row = weight_rows[static_cast<size_t>(i)];
-      for (size_t t = 0; t < row.index.size(); ++t) {
-        const int32_t j = row.index[t];
-        const float v = row.value[t];
-        for (int64_t at = column_start[static_cast<size_t>(j)]; at < column_start[static_cast<size_t>(j) + 1]; ++at) {
-          shared[static_cast<size_t>(index.item[static_cast<size_t>(at)])] +=
-              std::min(v, index.value[static_cast<size_t>(at)]);
-        }
-      }
-      float* result = out.ptr<float>() + i * out_stride;
-      for (int64_t g = 0; g < num_gallery; ++g) {
-        const float s = shared[static_cast<size_t>(g)];
-        const float jaccard_distance = 1.0f - s / (2.0f - s);
-        const float a = jaccard_distance * keep;
-        const float b = result[g] * blend;
-        result[g] = a + b;
-        shared[static_cast<size_t>(g)] = 0.0f;
-      }
-    }
+  for_each_query_overlap(weight_rows, index, num_query, num_gallery,
+                         [&](int64_t i, const float* shared, std::vector<int32_t>&) {
+                           float* result = out.ptr<float>() + i * out_stride;
+                           for (int64_t g = 0; g < num_gallery; ++g) {
+                             const float a = jaccard_term(shared[g], keep);
+                             const float b = result[g] * blend;
+                             result[g] = a + b;
+                           }
+                         });
+}
+
+// Phase 5, sparse: per query row, its touched gallery items (increasing) and their Jaccard terms.
+RerankOverlap jaccard_overlap(const std::vector<SparseRow>& weight_rows, const InvertedIndex& index,
+                              int64_t num_query, int64_t num_gallery, double lambda_value) {
+  const float keep = static_cast<float>(1.0 - lambda_value);
+  std::vector<std::vector<int32_t>> items(static_cast<size_t>(num_query));
+  std::vector<std::vector<float>> terms(static_cast<size_t>(num_query));
+  for_each_query_overlap(weight_rows, index, num_query, num_gallery,
+                         [&](int64_t i, const float* shared, std::vector<int32_t>& touched) {
+                           std::sort(touched.begin(), touched.end());
+                           std::vector<float>& term = terms[static_cast<size_t>(i)];
+                           term.resize(touched.size());
+                           for (size_t t = 0; t < touched.size(); ++t) term[t] = jaccard_term(shared[touched[t]], keep);
+                           items[static_cast<size_t>(i)] = touched;
+                         });
+  RerankOverlap result;
+  result.offsets.assign(static_cast<size_t>(num_query) + 1, 0);
+  for (int64_t i = 0; i < num_query; ++i)
+    result.offsets[static_cast<size_t>(i) + 1] = result.offsets[static_cast<size_t>(i)] + items[static_cast<size_t>(i)].size();
+  result.index.reserve(static_cast<size_t>(result.offsets.back()));
+  result.term.reserve(static_cast<size_t>(result.offsets.back()));
+  for (int64_t i = 0; i < num_query; ++i) {
+    result.index.insert(result.index.end(), items[static_cast<size_t>(i)].begin(), items[static_cast<size_t>(i)].end());
+    result.term.insert(result.term.end(), terms[static_cast<size_t>(i)].begin(), terms[static_cast<size_t>(i)].end());
+    std::vector<int32_t>().swap(items[static_cast<size_t>(i)]);
+    std::vector<float>().swap(terms[static_cast<size_t>(i)]);
   }
+  return result;
+}
+
+// Steps 1-7 (everything before the Jaccard output): the query rows of V and the gallery rows' inverted index.
+struct QueryRows {
+  std::vector<SparseRow> weight_rows;  // the query rows only (the gallery rows are freed)
+  InvertedIndex index;
+};
+
+QueryRows sparse_query_rows(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features,
+                            Metric metric, const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g,
+                            int64_t num_query, int64_t k1, int64_t k2) {
+  check_matrix(ranks, "ranks", false);
+  check(ranks.dtype == DType::Int64, "ranks: expected int64");
+  const int64_t n = ranks.size(0), width = ranks.size(1);
+  check(num_query >= 1 && num_query < n, "num_query: expected 1 <= Q < N");
+  check(k1 >= 1 && k1 < n && width >= k1 + 1, "ranks: expected at least k1 + 1 columns, 1 <= k1 < N");
+  check(k2 >= 1 && k2 <= k1, "k2: expected 1 <= k2 <= k1");
+  check(n < (int64_t(1) << 31), "re-ranking supports fewer than 2^31 items");
+  check_vector(row_max, "row_max", n, DType::Float32);
+  const PairSource source = make_pair_source(features, metric, q_g, q_q, g_g, num_query, n);
+  const RankRows rank_rows{ranks.ptr<int64_t>(), ranks.stride(0)};
+
+  QueryRows result;
+  {
+    const std::vector<std::vector<int32_t>> half_sets = half_reciprocal_sets(rank_rows, n, rerank_half_k1(k1));
+    result.weight_rows = weights(rank_rows, source, row_max.ptr<float>(), n, k1, half_sets);
+  }
+  if (k2 != 1) result.weight_rows = query_expansion(result.weight_rows, rank_rows, n, k2);
+  result.index = gallery_inverted_index(result.weight_rows, num_query);
+  // Gallery rows are no longer needed: free them before the per-thread accumulators.
+  result.weight_rows.resize(static_cast<size_t>(num_query));
+  result.weight_rows.shrink_to_fit();
+  return result;
 }
 
 }  // namespace
@@ -386,54 +413,23 @@ int64_t rerank_half_k1(int64_t k1) {
   return floor_half % 2 == 0 ? floor_half : floor_half + 1;  // x.5 rounds to the even neighbour
 }
 
-void rerank_topk_block(const ArrayView& left, const ArrayView& right, int64_t k, const ArrayView& row_max,
-                       const ArrayView& indices) {
-  check(left.ndim() == 2 && right.ndim() == 2 && !left.on_cuda() && !right.on_cuda(),
-        "left, right: expected 2-D host arrays");
-  check(left.size(0) == right.size(0), "left, right: expected the same number of rows");
-  check(left.dtype == right.dtype && (left.dtype == DType::Float32 || left.dtype == DType::Float64),
-        std::string("left, right: expected one dtype, float32 or float64, got ") + dtype_name(left.dtype) + " and " +
-            dtype_name(right.dtype));
-  check(k >= 1 && k <= left.size(1) + right.size(1), "k: expected 1 <= k <= the number of columns");
-  check_vector(row_max, "row_max", left.size(0), DType::Float32);
-  check_matrix(indices, "indices", false);
-  check(indices.dtype == DType::Int64 && indices.size(0) == left.size(0) && indices.size(1) == k,
-        "indices: expected an int64 (rows, k) matrix");
-  if (left.dtype == DType::Float32) {
-    topk_block_typed<float>(left, right, k, row_max.ptr<float>(), indices.ptr<int64_t>(), indices.stride(0));
-  } else {
-    topk_block_typed<double>(left, right, k, row_max.ptr<float>(), indices.ptr<int64_t>(), indices.stride(0));
-  }
-}
-
 void rerank_finish(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features, Metric metric,
                    const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g, int64_t num_query, int64_t k1,
                    int64_t k2, double lambda_value, const ArrayView& out) {
-  check_matrix(ranks, "ranks", false);
-  check(ranks.dtype == DType::Int64, "ranks: expected int64");
-  const int64_t n = ranks.size(0), width = ranks.size(1);
-  check(num_query >= 1 && num_query < n, "num_query: expected 1 <= Q < N");
-  const int64_t num_gallery = n - num_query;
-  check(k1 >= 1 && k1 < n && width >= k1 + 1, "ranks: expected at least k1 + 1 columns, 1 <= k1 < N");
-  check(k2 >= 1 && k2 <= k1, "k2: expected 1 <= k2 <= k1");
-  check(n < (int64_t(1) << 31), "re-ranking supports fewer than 2^31 items");
-  check_vector(row_max, "row_max", n, DType::Float32);
   check_matrix(out, "out", false);
-  check(out.dtype == DType::Float32 && out.size(0) == num_query && out.size(1) == num_gallery,
+  check(ranks.ndim() == 2, "ranks: expected an int64 (N, K) matrix");
+  check(out.dtype == DType::Float32 && out.size(0) == num_query && out.size(1) == ranks.size(0) - num_query,
         "out: expected a float32 (Q, G) matrix");
-  const PairSource source = make_pair_source(features, metric, q_g, q_q, g_g, num_query, n);
-  const RankRows rank_rows{ranks.ptr<int64_t>(), ranks.stride(0)};
+  const QueryRows rows = sparse_query_rows(ranks, row_max, features, metric, q_g, q_q, g_g, num_query, k1, k2);
+  jaccard(rows.weight_rows, rows.index, num_query, lambda_value, out);
+}
 
-  std::vector<SparseRow> weight_rows;
-  {
-    const std::vector<std::vector<int32_t>> half_sets = half_reciprocal_sets(rank_rows, n, rerank_half_k1(k1));
-    weight_rows = weights(rank_rows, source, row_max.ptr<float>(), n, k1, half_sets);
-  }
-  if (k2 != 1) weight_rows = query_expansion(weight_rows, rank_rows, n, k2);
-  const InvertedIndex index = gallery_inverted_index(weight_rows, num_query);
-  // Gallery rows are no longer needed: free them before the per-thread accumulators.
-  for (int64_t g = num_query; g < n; ++g) weight_rows[static_cast<size_t>(g)] = SparseRow();
-  jaccard(weight_rows, index, num_query, lambda_value, out);
+RerankOverlap rerank_overlap(const ArrayView& ranks, const ArrayView& row_max, const ArrayView& features,
+                             Metric metric, const ArrayView& q_g, const ArrayView& q_q, const ArrayView& g_g,
+                             int64_t num_query, int64_t k1, int64_t k2, double lambda_value) {
+  check(ranks.ndim() == 2, "ranks: expected an int64 (N, K) matrix");
+  const QueryRows rows = sparse_query_rows(ranks, row_max, features, metric, q_g, q_q, g_g, num_query, k1, k2);
+  return jaccard_overlap(rows.weight_rows, rows.index, num_query, ranks.size(0) - num_query, lambda_value);
 }
 
 }  // namespace cpu

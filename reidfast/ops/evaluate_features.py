@@ -414,10 +414,11 @@ def _evaluate_reference(inputs: _Inputs, protocol: str, seed: Any, num_repeats: 
     return from_reference(result, inputs.gallery.shape[0], protocol, "reference")
 
 
-def _evaluate_with(pass_, inputs: _Inputs, protocol, seed, num_repeats, chunk_size, progress) -> RankingResult:
+def _evaluate_with(pass_, inputs: _Inputs, protocol, seed, num_repeats, chunk_size, progress,
+                   pivots: _Pivots | None = None) -> RankingResult:
     labels = inputs.labels
     num_query, num_gallery = inputs.query.shape[0], labels.g_pids.shape[0]  # global with group=
-    pivots = _pivots(inputs, pass_.distances)
+    pivots = _pivots(inputs, pass_.distances) if pivots is None else pivots  # given: re-ranked scores
     histogram = pass_.histogram(np.arange(num_query), pivots.offsets, pivots.distance, pivots.index, None, 1,
                                 chunk_size, progress)
     # Match j of a query (0-based, in ranking order) has j matches and the counted other-pid items before it.
@@ -496,6 +497,7 @@ def evaluate_features(
     *,
     seed: int | None = 0,
     num_repeats: int = 10,
+    rerank: Any = None,
 ) -> RankingResult:
     """CMC, mAP and mINP of query features against gallery features, without the (Q, G) distance matrix.
 
@@ -510,6 +512,10 @@ def evaluate_features(
     may be empty) and gets the result of the whole gallery. The match distances are all_gather'ed, the
     rank counts all_reduce'd (gloo: host tensors; nccl: the current CUDA device). Without group nothing is
     gathered, even in an initialised job. The reference backend does not shard.
+    rerank: dict(k1=.., k2=.., lambda_value=..) (missing keys: rf.re_ranking's defaults) evaluates the
+    k-reciprocal re-ranked distances: the numbers of ``rf.evaluate(rf.re_ranking(query_feats, gallery_feats,
+    k1, k2, lambda_value, metric), ...)``, without the (Q, G) matrix (ops/evaluate_features_rerank.py; native
+    cpu backend, host features, no group=; chunk_size is then the re-ranking's rows per block).
     """
     if protocol not in _evaluation.PROTOCOLS:
         raise ValueError(f"protocol: expected one of {_evaluation.PROTOCOLS}, got {protocol!r}")
@@ -517,8 +523,13 @@ def evaluate_features(
     if chunk_size is not None:
         chunk_size = _evaluation._check_positive_int("chunk_size", chunk_size)
     inputs = _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank, group)
-    _, implementation = EVALUATE_FEATURES.select(inputs.query.device)
-    result = implementation(inputs, protocol, seed, num_repeats, chunk_size, bool(progress))
+    if rerank is not None:
+        from .evaluate_features_rerank import evaluate_reranked
+
+        result = evaluate_reranked(inputs, rerank, protocol, seed, num_repeats, chunk_size, bool(progress))
+    else:
+        _, implementation = EVALUATE_FEATURES.select(inputs.query.device)
+        result = implementation(inputs, protocol, seed, num_repeats, chunk_size, bool(progress))
     if result.num_skipped_queries:
         warnings.warn(
             f"{result.num_skipped_queries} of {inputs.query.shape[0]} queries have no valid gallery match (no gallery "

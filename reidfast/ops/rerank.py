@@ -40,13 +40,13 @@ from .._arrays import as_tensor, check_same_device, has_nonfinite, to_caller
 from .._checks import check_distance_shapes, check_rerank_distances, check_rerank_features, check_rerank_parameters
 from .._dispatch import Op, use_backend
 from ..reference import rerank as reference
-from ..reference import distance as reference_distance
-from .distance import PAIRWISE_DISTANCE, cpu_gemm_kernel, row_block_size
+from .distance import PAIRWISE_DISTANCE
+from .rerank_sparse import BLOCK_ELEMENTS as _BLOCK_ELEMENTS
+from .rerank_sparse import NativeRerank, re_ranking_topk
 
 __all__ = ["re_ranking", "re_ranking_distances"]
 
 RE_RANKING = Op("re_ranking")
-_BLOCK_ELEMENTS = 1 << 22  # default block: 4M distances (16 MiB in float32) per pass-1 block
 # Backends that take tensors on the input's device (the others take host numpy arrays).
 _DEVICE_RESIDENT = ("torch", "cuda")
 # The torch backend's default block, in distances (about 28 bytes each at the peak of the top-k pass):
@@ -70,99 +70,50 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="re-ranking", unit="row", disable=not enabled)
 
 
-def _unit_stride(array: np.ndarray) -> np.ndarray:
-    return array if array.shape[1] <= 1 or array.strides[1] == array.itemsize else np.ascontiguousarray(array)
-
-
-def _joint_distance_block(features: torch.Tensor, norms: torch.Tensor | None, start: int, stop: int, metric: str,
-                          out: torch.Tensor, kernel: int | None) -> torch.Tensor:
-    """Distances of rows start:stop of `features` (N, D) to all N rows, written into `out` (stop - start, N),
-    with pairwise_distance's CPU semantics (row i's distance to itself exact, as for x against x)."""
-    view = _native.view
-    if kernel is None:  # BLAS GEMM + the native epilogue, which makes the self-distance exact itself
-        torch.mm(features[start:stop], features.T, out=out)
-        _native._C.distance_epilogue_cpu(view(out), view(norms[start:stop]), view(norms), _native.METRIC_CODES[metric],
-                                         start)
-        return out
-    _native._C.fused_pairwise_distance_cpu(view(features[start:stop]), view(features), _native.METRIC_CODES[metric],
-                                           False, view(out), kernel)
-    if metric != "cosine":  # squared self-distance exactly 0 (NaN stays NaN), then the metric's clamp and root
-        self_distance = out.diagonal(offset=start).mul_(0)
-        if metric == "euclidean":
-            self_distance.clamp_(min=reference_distance.EUCLIDEAN_CLAMP).sqrt_()
-    return out
-
-
 @RE_RANKING.register("cpu")
 def _re_ranking_cpu(kind, data, k1, k2, lambda_value, chunk_size, progress):
-    view, C = _native.view, _native._C
-    if kind == "distances":
-        q_g, q_q, g_g = (_unit_stride(a) for a in data)
-        num_query, num_gallery = q_g.shape
-        metric = "euclidean"
-    else:
-        query, gallery, metric = data
-        num_query, num_gallery = query.shape[0], gallery.shape[0]
-        features = torch.from_numpy(np.ascontiguousarray(np.concatenate([query, gallery], axis=0)))
-        kernel = cpu_gemm_kernel(features.dtype)
-        norms = (features * features).sum(1) if kernel is None else None  # the BLAS path's, once, not per block
-    num_all = num_query + num_gallery
+    problem = NativeRerank(kind, data, k1, chunk_size)
+    num_query, num_gallery = problem.num_query, problem.num_gallery
     if num_query == 0 or num_gallery == 0:
         return np.empty((num_query, num_gallery), dtype=np.float32)
-    width = k1 + 1
-    if chunk_size is not None:
-        step = int(chunk_size)
-    elif kind == "distances":
-        step = max(1, _BLOCK_ELEMENTS // num_all)
-    else:
-        # GEMM blocks of at least 256 rows: at N = 93,820, D = 512 a 44-row block ran at 109 GFLOPS, a 256-row
-        # one at 130 (2 cores), and the top-k kernel shares 16-row tiles between threads.
-        step = row_block_size(num_all, _BLOCK_ELEMENTS)
-    ranks = torch.empty((num_all, width), dtype=torch.int64)
-    # One GEMM output buffer for every block: a fresh one per block costs a page fault per 4 KiB (at MSMT17
-    # scale 9 million faults, ~37 s of system time).
-    gram = torch.empty((min(step, num_all), num_all), dtype=torch.float32) if kind == "features" else None
-    row_max = torch.empty(num_all, dtype=torch.float32)
     out = np.empty((num_query, num_gallery), dtype=np.float32)
-    bar = _progress_bar(num_all + 1, progress)
+    bar = _progress_bar(problem.num_all + 1, progress)
 
-    # Pass 1: row i of the published dist is column i of the joint matrix [[q_q, q_g], [q_g.T, g_g]];
-    # blocks never straddle the query/gallery boundary.
-    starts = [(s, min(s + step, num_query)) for s in range(0, num_query, step)]
-    starts += [(s, min(s + step, num_all)) for s in range(num_query, num_all, step)]
-    for start, stop in starts:
-        if kind == "distances":  # transposed views, no copy: the kernel reads them along their columns
-            if stop <= num_query:
-                left, right = q_q[:, start:stop].T, q_g[start:stop]
-            else:
-                cols = slice(start - num_query, stop - num_query)
-                left, right = q_g[:, cols].T, g_g[:, cols].T
-            left_t, right_t = torch.from_numpy(left), torch.from_numpy(right)
-        else:
-            block_t = _joint_distance_block(features, norms, start, stop, metric, gram[: stop - start], kernel)
-            left_t, right_t = block_t[:, :num_query], block_t[:, num_query:]
-            right = right_t.numpy()
-        C.rerank_topk_block_cpu(view(left_t), view(right_t), width, view(row_max[start:stop]), view(ranks[start:stop]))
-        if stop <= num_query:  # the normalised squared query-gallery distance, as published
-            target = out[start:stop]  # in place: no (rows, G) temporaries
-            np.square(right, out=target)  # in the input's precision, then rounded to float32, as published
-            target /= row_max[start:stop].numpy()[:, None]
-        if bar is not None:
-            bar.update(stop - start)
+    def normalised_distances(start: int, stop: int, right: np.ndarray) -> None:
+        target = out[start:stop]  # in place: no (rows, G) temporaries
+        np.square(right, out=target)  # in the input's precision, then rounded to float32, as published
+        target /= problem.row_max[start:stop].numpy()[:, None]
 
-    empty = torch.empty(0, dtype=torch.float32)
-    out_t = torch.from_numpy(out)
-    if kind == "distances":
-        sources = [torch.from_numpy(a) for a in (q_g, q_q, g_g)]
-        C.rerank_finish_cpu(view(ranks), view(row_max), view(empty), _native.METRIC_CODES[metric],
-                            *(view(s) for s in sources), num_query, k1, k2, lambda_value, view(out_t))
-    else:
-        C.rerank_finish_cpu(view(ranks), view(row_max), view(features), _native.METRIC_CODES[metric],
-                            view(empty), view(empty), view(empty), num_query, k1, k2, lambda_value, view(out_t))
+    problem.knn_pass(normalised_distances, tick=None if bar is None else bar.update)
+    problem.finish_dense(k2, lambda_value, out)
     if bar is not None:
         bar.update(1)
         bar.close()
     return out
+
+
+def _re_ranking_cpu_topk(kind, data, k1, k2, lambda_value, chunk_size, progress, topk):
+    """The native top-k (ops/rerank_sparse.py): never the (Q, G) output."""
+    problem = NativeRerank(kind, data, k1, chunk_size)
+    bar = _progress_bar(problem.num_all + 1, progress)
+    try:
+        return re_ranking_topk(problem, k2, lambda_value, topk, tick=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _re_ranking_reference_topk(kind, data, k1, k2, lambda_value, chunk_size, progress, topk):
+    return reference.topk_rows(_re_ranking_reference(kind, data, k1, k2, lambda_value, chunk_size, progress), topk)
+
+
+def _re_ranking_torch_topk(kind, data, k1, k2, lambda_value, chunk_size, progress, topk):
+    return _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, topk=topk)
+
+
+# Backends with a top-k form (the others raise naming topk). "cuda" has none: its deterministic Jaccard kernel
+# writes the dense rows (the torch backend's top-k runs on CUDA tensors too, with atomic sums).
+_TOPK = {"cpu": _re_ranking_cpu_topk, "reference": _re_ranking_reference_topk, "torch": _re_ranking_torch_topk}
 
 
 def _device_distance_block(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
@@ -173,7 +124,7 @@ def _device_distance_block(x: torch.Tensor, y: torch.Tensor, metric: str) -> tor
 
 
 @RE_RANKING.register("torch")
-def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=None):
+def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, jaccard=None, topk=None):
     """torch ops on the input's device (reidfast/kernels/torch/rerank.py): the default for CUDA/cupy inputs
     when the CUDA kernels are not built."""
     from ..kernels.torch import rerank as torch_rerank
@@ -185,7 +136,7 @@ def _re_ranking_torch(kind, data, k1, k2, lambda_value, chunk_size, progress, ja
         return torch_rerank.re_ranking(
             kind, data, k1, k2, lambda_value, chunk_size, distance_block=_device_distance_block,
             progress=None if bar is None else bar.update,
-            block_elements=_DEVICE_BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS), jaccard=jaccard,
+            block_elements=_DEVICE_BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS), jaccard=jaccard, topk=topk,
         )
     finally:
         if bar is not None:
@@ -284,17 +235,40 @@ def _check_chunk_size(chunk_size: Any) -> int | None:
     return None if chunk_size is None else int(chunk_size)
 
 
-def _run(implementation, kind, data, k1, k2, lambda_value, chunk_size, progress):
+def _check_topk(topk: Any, num_gallery: int) -> int | None:
+    if topk is None:
+        return None
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= num_gallery:
+        raise ValueError(f"topk: expected an integer 1 <= topk <= {num_gallery} (the gallery size) or None, got {topk!r}")
+    return int(topk)
+
+
+def _run(implementation, kind, data, k1, k2, lambda_value, chunk_size, progress, topk=None, backend=None):
     chunk_size = _check_chunk_size(chunk_size)
     with torch.no_grad():
-        return implementation(kind, data, k1, k2, lambda_value, chunk_size, progress)
+        if topk is None:
+            return implementation(kind, data, k1, k2, lambda_value, chunk_size, progress)
+        if backend not in _TOPK:
+            raise ValueError(
+                f"topk: the {backend!r} re-ranking backend has no top-k form (backends with one: "
+                f"{', '.join(sorted(_TOPK))}); pass host arrays or call without topk for the dense matrix"
+            )
+        return _TOPK[backend](kind, data, k1, k2, lambda_value, chunk_size, progress, topk)
 
 
-def _answer(result: np.ndarray, library: str, device: torch.device | None) -> Any:
-    tensor = torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32))
+def _answer(result: Any, library: str, device: torch.device | None, dtype: type = np.float32) -> Any:
+    if isinstance(result, tuple):  # top-k: (values, indices)
+        values, indices = result
+        return _answer(values, library, device), _answer(indices, library, device, np.int64)
+    tensor = torch.from_numpy(np.ascontiguousarray(result, dtype=dtype))
     if device is not None and device.type != "cpu":
         tensor = tensor.to(device)
     return to_caller(tensor, library)
+
+
+def _to_caller(result: Any, library: str) -> Any:
+    """A device-resident backend's result (a tensor, or top-k's (values, indices)) in the caller's type."""
+    return tuple(to_caller(t, library) for t in result) if isinstance(result, tuple) else to_caller(result, library)
 
 
 def _library(value: Any, name: str) -> str:
@@ -314,6 +288,7 @@ def re_ranking_distances(
     *,
     chunk_size: int | None = None,
     progress: bool = False,
+    topk: int | None = None,
 ) -> Any:
     """k-reciprocal re-ranked (Q, G) distances from Euclidean distances (torchreid ``re_ranking`` signature).
 
@@ -323,26 +298,32 @@ def re_ranking_distances(
         lambda_value: weight of the original distance, in [0, 1].
         chunk_size: rows per block of the top-k pass (bounds peak memory; default ~4M distances a block).
         progress: show a tqdm bar.
+        topk: return only each row's ``topk`` smallest re-ranked distances (see :func:`re_ranking`).
 
     Returns:
         (Q, G) float32 in the type (and device) of ``q_g_dist``; equal to
         :func:`reidfast.reference.rerank.re_ranking` up to float32 rounding, ties broken by item index.
+        With topk: (values (Q, topk) float32, indices (Q, topk) int64).
     """
     library = _library(q_g_dist, "q_g_dist")
     backend, implementation = RE_RANKING.select(_device_of(q_g_dist))
     if backend in _DEVICE_RESIDENT:
         q_g, q_q, g_g = _device_distances(q_g_dist, q_q_dist, g_g_dist)
         k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
-        result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress)
-        return to_caller(result, library)
+        topk = _check_topk(topk, q_g.shape[1])
+        result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress, topk,
+                      backend)
+        return _to_caller(result, library)
     q_g, device = _host_array(q_g_dist)
     q_q, _ = _host_array(q_q_dist)
     g_g, _ = _host_array(g_g_dist)
     q_g, q_q, g_g = check_rerank_distances(q_g, q_q, g_g)
     k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, q_g.shape[0] + q_g.shape[1])
+    topk = _check_topk(topk, q_g.shape[1])
     if np.float64 in (q_g.dtype, q_q.dtype, g_g.dtype):  # the published np.concatenate promotes to float64
         q_g, q_q, g_g = (a.astype(np.float64, copy=False) for a in (q_g, q_q, g_g))
-    result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress)
+    result = _run(implementation, "distances", (q_g, q_q, g_g), k1, k2, lambda_value, chunk_size, progress, topk,
+                  backend)
     return _answer(result, library, device)
 
 
@@ -356,6 +337,7 @@ def re_ranking(
     *,
     chunk_size: int | None = None,
     progress: bool = False,
+    topk: int | None = None,
 ) -> Any:
     """k-reciprocal re-ranked (Q, G) distances from (Q, D) query and (G, D) gallery features.
 
@@ -364,6 +346,14 @@ def re_ranking(
     holding the N x N matrices: the distances are computed ``chunk_size`` rows at a time. Returns float32 in
     the caller's array type; equal to :func:`reidfast.reference.rerank.re_ranking_features` up to float32
     rounding (near-tied distances, e.g. duplicated features, may order differently).
+
+    topk=K returns (values (Q, K) float32, indices (Q, K) int64): each row's K smallest re-ranked distances,
+    ascending, ties by gallery index, bit for bit those of the same backend's dense rows (cpu, reference and
+    torch backends; on CUDA the torch backend's atomic sums vary in the last ulp run to run; the cuda backend
+    raises). Memory O(N * k1 + Q * K + overlap), never (Q, G): an item
+    sharing no k-reciprocal neighbour with the query scores (1 - lambda) + lambda * d^2 / max, a function of
+    its distance alone, so only the few overlapping items need their Jaccard term (ops/rerank_sparse.py);
+    the query rows' distances are computed twice (about Q / N more distance work).
     """
     if metric not in reference.RERANK_METRICS:
         raise ValueError(f"metric must be one of {reference.RERANK_METRICS}, got {metric!r}")
@@ -384,9 +374,11 @@ def re_ranking(
             f"got {query.shape[1]} and {gallery.shape[1]}"
         )
     k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, query.shape[0] + gallery.shape[0])
+    topk = _check_topk(topk, gallery.shape[0])
+    data = (query, gallery, metric)
     if backend in _DEVICE_RESIDENT:
         check_same_device(query_features=query, gallery_features=gallery)
-        result = _run(implementation, "features", (query, gallery, metric), k1, k2, lambda_value, chunk_size, progress)
-        return to_caller(result, library)
-    result = _run(implementation, "features", (query, gallery, metric), k1, k2, lambda_value, chunk_size, progress)
+        result = _run(implementation, "features", data, k1, k2, lambda_value, chunk_size, progress, topk, backend)
+        return _to_caller(result, library)
+    result = _run(implementation, "features", data, k1, k2, lambda_value, chunk_size, progress, topk, backend)
     return _answer(result, library, device)

@@ -38,7 +38,7 @@ import torch
 from reidfast._checks import check_rerank_distances, check_rerank_features, check_rerank_parameters
 from reidfast.reference.distance import pairwise_distance
 
-__all__ = ["re_ranking", "re_ranking_features"]
+__all__ = ["re_ranking", "re_ranking_features", "topk_rows"]
 
 RERANK_METRICS = ("euclidean", "sqeuclidean", "cosine")  # every metric of pairwise_distance
 
@@ -163,3 +163,10 @@ def re_ranking_features(
         q_q = pairwise_distance(query_t, query_t, metric=metric).numpy()
         g_g = pairwise_distance(gallery_t, gallery_t, metric=metric).numpy()
     return re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+
+
+def topk_rows(distances: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `topk` smallest entries of each row of a (Q, G) matrix, ascending, ties by column index (a stable
+    sort of the whole row): (values (Q, topk) float32, indices (Q, topk) int64)."""
+    order = np.argsort(distances, axis=1, kind="stable")[:, :topk].astype(np.int64)
+    return np.take_along_axis(distances, order, axis=1).astype(np.float32), order

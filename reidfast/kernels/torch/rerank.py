@@ -132,10 +132,10 @@ def _blocks(num_query: int, num_all: int, step: int) -> list[tuple[int, int]]:
     return blocks + [(s, min(s + step, num_all)) for s in range(num_query, num_all, step)]
 
 
-def _topk_pass(source, num_query: int, num_all: int, width: int, block_rows: int, out: torch.Tensor, tick):
-    """(ranks (N, width) int64, their normalised squared values (N, width), row maxima (N,)); fills out with
-    the normalised squared query-gallery distance."""
-    device = out.device
+def _topk_pass(source, num_query: int, num_all: int, width: int, block_rows: int, out: torch.Tensor | None, tick,
+               device: torch.device):
+    """(ranks (N, width) int64, their normalised squared values (N, width), row maxima (N,)); fills out (if
+    not None) with the normalised squared query-gallery distance."""
     ranks = torch.empty((num_all, width), dtype=torch.int64, device=device)
     top_values = torch.empty((num_all, width), dtype=torch.float32, device=device)
     row_max = torch.empty(num_all, dtype=torch.float32, device=device)
@@ -147,7 +147,7 @@ def _topk_pass(source, num_query: int, num_all: int, width: int, block_rows: int
         maxima = torch.where(maxima == 0, torch.ones_like(maxima), maxima)  # an all-zero column stays zero
         row_max[start:stop] = maxima
         normalised = squared.div_(maxima[:, None])
-        if stop <= num_query:
+        if stop <= num_query and out is not None:  # None: top-k, the query rows are recomputed
             out[start:stop] = normalised[:, num_query:]
         keys = normalised.view(torch.int32).to(torch.int64)  # non-negative floats: bits ordered like values
         del squared, normalised
@@ -273,41 +273,77 @@ def gallery_inverted_index(csr, num_query: int) -> tuple[torch.Tensor, torch.Ten
     return column_start, gallery_item[order], val[begin:][order]
 
 
+class _QueryOverlap:
+    """Steps 7's sums for chunks of query rows: shared[q, g] = sum_j min(V[q, j], V[g, j]) (index_add_ in the
+    query entries' order) through the gallery rows' inverted index, chunks bounded by their (query entry,
+    gallery entry) pairs and their (rows, G) output."""
+
+    def __init__(self, csr, num_query: int, num_gallery: int, budget: int) -> None:
+        crow, col, val = csr
+        self.col, self.val, self.num_gallery, self.budget = col, val, num_gallery, budget
+        begin = int(crow[num_query])
+        self.column_start, self.index_item, self.index_val = gallery_inverted_index(csr, num_query)
+        self.column_count = self.column_start[1:] - self.column_start[:-1]
+        device = col.device
+        query_lengths = crow[1:num_query + 1] - crow[:num_query]
+        self.entry_row = torch.repeat_interleave(torch.arange(num_query, device=device), query_lengths,
+                                                 output_size=begin)
+        pairs_per_query = torch.zeros(num_query, dtype=torch.int64, device=device)
+        pairs_per_query.index_add_(0, self.entry_row, self.column_count[col[:begin]])
+        self.cumulative = torch.cumsum(pairs_per_query, 0).tolist()
+        self.query_crow = crow[: num_query + 1].tolist()  # one transfer instead of two per chunk
+        self.max_rows = max(1, budget // max(1, num_gallery))
+
+    def chunks(self, row_start: int, row_stop: int):
+        """(start, stop, shared (stop - start, G) float32) for consecutive chunks of rows [row_start, row_stop)."""
+        start = row_start
+        while start < row_stop:
+            before = self.cumulative[start - 1] if start else 0
+            fits = bisect.bisect_right(self.cumulative, before + self.budget, lo=start)  # rows [start, fits) fit
+            stop = min(row_stop, max(start + 1, min(fits, start + self.max_rows)))
+            first, last = self.query_crow[start], self.query_crow[stop]
+            entry_col, entry_val = self.col[first:last], self.val[first:last]
+            owner, position = _expand_ranges(self.column_start[entry_col], self.column_count[entry_col])
+            contribution = torch.minimum(entry_val[owner], self.index_val[position])
+            target = (self.entry_row[first:last][owner] - start) * self.num_gallery + self.index_item[position]
+            shared = torch.zeros((stop - start) * self.num_gallery, dtype=torch.float32, device=self.col.device)
+            shared.index_add_(0, target, contribution)
+            yield start, stop, shared.view(stop - start, self.num_gallery)
+            start = stop
+
+
+def _blend(shared: torch.Tensor, normalised: torch.Tensor, lambda_value: float) -> torch.Tensor:
+    """Step 8: jaccard * (1 - lambda) + normalised distance * lambda."""
+    jaccard = 1.0 - shared / (2.0 - shared)
+    return jaccard * (1.0 - lambda_value) + normalised * lambda_value
+
+
 def _jaccard(csr, num_query: int, lambda_value: float, budget: int, out: torch.Tensor, tick) -> None:
     """Steps 7-8 in place on out (holding the normalised distance): jaccard*(1-lambda) + out*lambda."""
-    crow, col, val = csr
-    num_gallery = out.shape[1]
-    device = out.device
-    begin = int(crow[num_query])
-    column_start, index_item, index_val = gallery_inverted_index(csr, num_query)
-    column_count = column_start[1:] - column_start[:-1]
-
-    # Query rows in chunks bounded by both their (query entry, gallery entry) pairs and their output rows.
-    query_lengths = crow[1:num_query + 1] - crow[:num_query]
-    entry_row = torch.repeat_interleave(torch.arange(num_query, device=device), query_lengths, output_size=begin)
-    pairs_per_query = torch.zeros(num_query, dtype=torch.int64, device=device)
-    pairs_per_query.index_add_(0, entry_row, column_count[col[:begin]])
-    cumulative = torch.cumsum(pairs_per_query, 0).tolist()
-    query_crow = crow[: num_query + 1].tolist()  # one transfer instead of two per chunk
-    keep, blend = 1.0 - lambda_value, lambda_value
-    max_rows = max(1, budget // max(1, num_gallery))
-    start = 0
-    while start < num_query:
-        before = cumulative[start - 1] if start else 0
-        fits = bisect.bisect_right(cumulative, before + budget, lo=start)  # rows [start, fits) fit the budget
-        stop = max(start + 1, min(fits, start + max_rows))
-        first, last = query_crow[start], query_crow[stop]
-        entry_col, entry_val = col[first:last], val[first:last]
-        owner, position = _expand_ranges(column_start[entry_col], column_count[entry_col])
-        contribution = torch.minimum(entry_val[owner], index_val[position])
-        target = (entry_row[first:last][owner] - start) * num_gallery + index_item[position]
-        shared = torch.zeros((stop - start) * num_gallery, dtype=torch.float32, device=device)
-        shared.index_add_(0, target, contribution)
-        shared = shared.view(stop - start, num_gallery)
-        jaccard = 1.0 - shared / (2.0 - shared)
-        out[start:stop] = jaccard * keep + out[start:stop] * blend
+    for start, stop, shared in _QueryOverlap(csr, num_query, out.shape[1], budget).chunks(0, num_query):
+        out[start:stop] = _blend(shared, out[start:stop], lambda_value)
         tick(stop - start)
-        start = stop
+
+
+def _jaccard_topk(csr, source, num_query: int, num_gallery: int, step: int, lambda_value: float, budget: int,
+                  topk: int, tick) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 7-8 without the (Q, G) output: per block of the top-k pass (its distances recomputed the same
+    way), the blended rows' `topk` smallest (stable sort: ties by gallery index)."""
+    device = source.row_max.device
+    values = torch.empty((num_query, topk), dtype=torch.float32, device=device)
+    indices = torch.empty((num_query, topk), dtype=torch.int64, device=device)
+    overlap = _QueryOverlap(csr, num_query, num_gallery, budget)
+    for block_start, block_stop in _blocks(num_query, num_query + num_gallery, step):
+        if block_stop > num_query:
+            break
+        normalised = source.block(block_start, block_stop).div_(source.row_max[block_start:block_stop, None])
+        normalised = normalised[:, num_query:]
+        for start, stop, shared in overlap.chunks(block_start, block_stop):
+            final = _blend(shared, normalised[start - block_start: stop - block_start], lambda_value)
+            ordered, order = torch.sort(final, dim=1, stable=True)
+            values[start:stop], indices[start:stop] = ordered[:, :topk], order[:, :topk]
+            tick(stop - start)
+    return values, indices
 
 
 def re_ranking(
@@ -321,7 +357,8 @@ def re_ranking(
     progress: Callable[[int], None] | None = None,
     block_elements: int = 1 << 22,
     jaccard: Callable | None = None,
-) -> torch.Tensor:
+    topk: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(Q, G) float32 re-ranked distances on the inputs' device.
 
     kind "distances": data = (q_g (Q, G), q_q (Q, Q), g_g (G, G)), all float32 or all float64.
@@ -331,6 +368,8 @@ def re_ranking(
     block_rows * N elements. progress(n) is called with the number of rows each stage finishes.
     jaccard(csr, num_query, lambda_value, budget, out, tick): steps 7-8 in place on out (default: torch ops,
     whose index_add_ is atomic on CUDA; the cuda backend passes its deterministic kernel).
+    topk: return (values (Q, topk) float32, indices (Q, topk) int64), each row's smallest re-ranked
+    distances (ties by index), without the (Q, G) output: the query rows' distance blocks are recomputed.
     """
     tick = progress or (lambda _: None)
     device = data[0].device
@@ -344,18 +383,20 @@ def re_ranking(
     num_all = num_query + num_gallery
     if num_all >= 1 << 31:
         raise ValueError(f"re-ranking supports fewer than 2^31 items (queries plus gallery), got {num_all}")
-    out = torch.empty((num_query, num_gallery), dtype=torch.float32, device=device)
     if num_query == 0 or num_gallery == 0:
-        return out
+        return torch.empty((num_query, num_gallery), dtype=torch.float32, device=device)
+    out = None if topk else torch.empty((num_query, num_gallery), dtype=torch.float32, device=device)
     step = block_rows if block_rows is not None else max(1, block_elements // num_all)
     budget = step * num_all
     if isinstance(source, _FeatureRows):
         source.pair_budget = budget
-    ranks, top_values, row_max = _topk_pass(source, num_query, num_all, k1 + 1, step, out, tick)
+    ranks, top_values, row_max = _topk_pass(source, num_query, num_all, k1 + 1, step, out, tick, device)
     source.row_max = row_max
     csr = _weights(source, ranks, top_values, k1, budget, tick)
     if k2 != 1:
         csr = _query_expansion(csr, ranks, k2, budget)
     del ranks, top_values
+    if topk:
+        return _jaccard_topk(csr, source, num_query, num_gallery, step, lambda_value, budget, topk, tick)
     (jaccard or _jaccard)(csr, num_query, lambda_value, budget, out, tick)
     return out
