@@ -95,20 +95,11 @@ struct PlainKey {
   T bound(Value last_pivot) const { return last_pivot; }
 };
 
-// keep + float32(float32(d^2) / row_max) * blend (keep: 1 - lambda, or an overlapping item's Jaccard term).
-template <typename T>
-inline float transformed(T d, float row_max, float keep, float blend) {
-  const float square = static_cast<float>(d * d);  // separate statements: no contraction (and -ffp-contract=off)
-  const float original = square / row_max;
-  const float b = original * blend;
-  return keep + b;
-}
-
 template <typename T>
 struct RerankKey {
   using Value = float;
   float row_max, keep, blend;
-  Value operator()(T d) const { return transformed(d, row_max, keep, blend); }
+  Value operator()(T d) const { return rerank_score(d, row_max, keep, blend); }
   // The largest d >= 0 whose score is <= last_pivot (scores grow with |d|): the filter's distance bound,
   // found by bisection over the non-negative floats' bit patterns (their order is the integers').
   T bound(Value last_pivot) const {
@@ -202,8 +193,8 @@ void correct_typed(const ArrayView& distances, const int64_t* offsets, const flo
     for (int64_t e = overlap_offsets[r]; e < overlap_offsets[r + 1]; ++e) {
       const int64_t g = overlap_index[e];
       if (item_labels[g] == row_labels[r] || std::isnan(row[g])) continue;
-      const float plain = transformed(row[g], row_max[r], keep, blend);
-      const float score = transformed(row[g], row_max[r], overlap_term[e], blend);  // term + the same product
+      const float plain = rerank_score(row[g], row_max[r], keep, blend);
+      const float score = rerank_score(row[g], row_max[r], overlap_term[e], blend);  // term + the same product
       if (plain == score) continue;
       const int64_t group = groups ? groups[g] : 0;
       const int64_t from = pivot_slot(pivot_score + first, pivot_index + first, count, plain, g);

@@ -25,10 +25,13 @@ inline int64_t pivot_slot(const T* pivot_distance, const int64_t* pivot_index, i
 }
 
 // keep + (float32(d * d) / row_max) * blend, each operation rounded to float32 in that order: the re-ranked
-// distance of an item without a shared k-reciprocal neighbour (ops/rerank.py). The volatile intermediates
-// forbid the compiler to contract a multiply and an add into one FMA (a different rounding).
-inline float rerank_score(float distance, float row_max, float keep, float blend) {
-  volatile float squared = distance * distance;
+// distance of an item without a shared k-reciprocal neighbour (ops/rerank.py; keep is 1 - lambda, or an
+// overlapping item's Jaccard term). d * d is taken in the distance's own precision (float64 distances square in
+// float64, as numpy does), then rounded. The volatile intermediates forbid the compiler to contract a multiply
+// and an add into one FMA (a different rounding), whatever the file's -ffp-contract.
+template <typename T>
+inline float rerank_score(T distance, float row_max, float keep, float blend) {
+  volatile float squared = static_cast<float>(distance * distance);
   volatile float scaled = squared / row_max;
   volatile float blended = scaled * blend;
   return keep + blended;
