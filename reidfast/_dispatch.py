@@ -142,12 +142,11 @@ def _cuda_device_info() -> BackendInfo:
 
 @functools.lru_cache(maxsize=None)
 def _triton_info() -> BackendInfo:
-    interpret = TRITON_INTERPRET
     version, error = _triton_import()
     if version is None:
         return BackendInfo("triton", False, f"triton does not import ({error}); `pip install triton` (Linux x86-64)")
-    details = {"version": version, "interpret": interpret}
-    if interpret:
+    details = {"version": version, "interpret": TRITON_INTERPRET}
+    if TRITON_INTERPRET:
         return BackendInfo("triton", True, f"triton {version}, interpreter (TRITON_INTERPRET=1)", ("cuda", "cpu"), details)
     if not torch.cuda.is_available():
         return BackendInfo(
