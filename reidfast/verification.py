@@ -173,7 +173,7 @@ def verification_metrics(
     if distmat_t.dim() != 2 or distmat_t.shape[0] == 0 or distmat_t.shape[1] == 0:
         raise ValueError(f"distmat: expected a non-empty 2-D (num_query, num_gallery) array, got shape {tuple(distmat_t.shape)}")
     if distmat_t.is_floating_point() and _count_nan(distmat_t):
-        raise ValueError("distmat: contains NaN distances; check the features for NaN")
+        raise ValueError("distmat: expected comparable distances, got NaN; check the features for NaN")
     distances_all = (distmat_t.float() if distmat_t.dtype == torch.bfloat16 else distmat_t).detach().cpu().numpy()
     num_query, num_gallery = distances_all.shape
     q_pids_np = _labels_np(q_pids, "q_pids", num_query)
