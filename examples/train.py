@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 import reidfast
 from reidfast.data import ImageDataset, PKSampler, build_transforms, load_market1501, make_synthetic_reid
+from reidfast.data.transforms import BatchAugment, decode_images
 from reidfast.models import ReIDModel
 
 
@@ -37,9 +38,15 @@ def main() -> None:
     dataset = load_market1501(args.data)
     print(dataset.summary())
 
-    train_set = ImageDataset(dataset.train, build_transforms(args.height, args.width, train=True))
-    sampler = PKSampler([r.pid for r in dataset.train], num_instances=args.k, batch_size=args.p * args.k, seed=0)
-    loader = DataLoader(train_set, batch_size=args.p * args.k, sampler=sampler, drop_last=True)
+    # The training images decoded once into a uint8 tensor on the device and augmented a whole batch at a time
+    # (flip, pad + crop, normalise, random erasing: build_transforms(train=True)'s pipeline, without a
+    # DataLoader). Datasets too big for memory: ImageDataset(records, build_transforms(...)) in a DataLoader.
+    images = decode_images([r.path for r in dataset.train], args.height, args.width).to(args.device)
+    pids = torch.tensor([r.pid for r in dataset.train], device=args.device)
+    augment = BatchAugment(padding=10)
+    generator = torch.Generator().manual_seed(0)  # the augmentation draws (a few numbers per image, on the CPU)
+    batch_size = args.p * args.k
+    sampler = PKSampler([r.pid for r in dataset.train], num_instances=args.k, batch_size=batch_size, seed=0)
 
     model = ReIDModel(dataset.num_train_pids, image_size=(args.height, args.width)).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=5e-4)
@@ -52,18 +59,19 @@ def main() -> None:
         model.eval()
         with torch.no_grad():
             for records, is_query in ((dataset.query, True), (dataset.gallery, False)):
-                for images, pids, camids, _ in DataLoader(ImageDataset(records, test_transform), batch_size=128):
-                    evaluator.update(model(images.to(args.device)), pids, camids, is_query)
+                for batch, batch_pids, camids, _ in DataLoader(ImageDataset(records, test_transform), batch_size=128):
+                    evaluator.update(model(batch.to(args.device)), batch_pids, camids, is_query)
         model.train()
         return evaluator.compute().mAP
 
     print(f"untrained mAP {evaluate():.1%}")
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
-        for images, pids, _, _ in loader:
-            images, pids = images.to(args.device), pids.to(args.device)
-            logits, features = model(images)
-            loss = id_loss(logits, pids) + triplet_loss(features, pids)
+        order = torch.tensor(list(sampler), device=args.device)  # P x K batches, back to back
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            chosen = order[start:start + batch_size]
+            logits, features = model(augment(images[chosen], generator))
+            loss = id_loss(logits, pids[chosen]) + triplet_loss(features, pids[chosen])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ._dispatch import BackendInfo, BackendUnavailableError, backends, use_backend
 from ._native import build_info
-from .evaluation import EvaluatorResult, ReIDEvaluator, VerificationResult, verification_metrics
+from .evaluation import EvaluatorResult, ReIDEvaluator
 from .losses import BatchHardTripletLoss, CrossEntropyLabelSmooth
 from .ops.distance import pairwise_distance
 from .ops.evaluate_features import evaluate_features
@@ -20,6 +20,7 @@ from .ops.evaluation import RankingResult, evaluate
 from .ops.rerank import re_ranking, re_ranking_distances
 from .ops.topk import topk_distance
 from .ops.triplet import batch_hard_triplet_loss
+from .verification import VerificationResult, verification_metrics
 
 __version__ = "0.1.0"
 

@@ -76,8 +76,9 @@ def _triton_import() -> tuple[str | None, str | None]:
         return None, f"{type(error).__name__}: {error}"
 
 
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+# TRITON_INTERPRET=1 (read once, at import, like _native.EMULATE_CUDA: triton.jit reads it when a kernel module
+# is imported, so a later change would not switch the kernels anyway): Triton kernels run on CPU tensors.
+TRITON_INTERPRET = _native._env_flag("TRITON_INTERPRET")
 
 
 def prefers_tensor_cores(dtype: torch.dtype | None, allow_tf32: bool) -> bool:
@@ -139,17 +140,13 @@ def _cuda_device_info() -> BackendInfo:
                        "float32/float64 CUDA inputs", ("cuda",), details)
 
 
-def _triton_info() -> BackendInfo:
-    return _triton_info_cached(triton_interpret())
-
-
 @functools.lru_cache(maxsize=None)
-def _triton_info_cached(interpret: bool) -> BackendInfo:
+def _triton_info() -> BackendInfo:
     version, error = _triton_import()
     if version is None:
         return BackendInfo("triton", False, f"triton does not import ({error}); `pip install triton` (Linux x86-64)")
-    details = {"version": version, "interpret": interpret}
-    if interpret:
+    details = {"version": version, "interpret": TRITON_INTERPRET}
+    if TRITON_INTERPRET:
         return BackendInfo("triton", True, f"triton {version}, interpreter (TRITON_INTERPRET=1)", ("cuda", "cpu"), details)
     if not torch.cuda.is_available():
         return BackendInfo(

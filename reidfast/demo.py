@@ -166,7 +166,19 @@ def run_demo(out: str | Path = "reidfast-demo", *, epochs: int | None = None, de
     log(f"[5/7] trained model: mAP {result.mAP:.1%}; with re-ranking {result.reranked.mAP:.1%}")
     now = stage("evaluate", now)
 
-    curves = {"untrained": untrained.result.cmc, "trained": result.cmc, "trained + re-ranking": result.reranked.cmc}
+    _draw_pictures(out, data_set, untrained.result, final, result, reranked_distances, seed)
+    log(f"[6/7] pictures: {', '.join(str(out / name) for name in PICTURES)}")
+    now = stage("pictures", now)
+
+    seconds["total"] = time.perf_counter() - started
+    return _write_summary(out, data_set, dataset, data_root, config, device, untrained.result, result, trained,
+                          seconds, log)
+
+
+def _draw_pictures(out: Path, data_set: ReIDDataset, untrained: EvaluatorResult, final: _Evaluation,
+                   result: EvaluatorResult, reranked_distances: torch.Tensor, seed: int) -> None:
+    """Stage 6: the CMC curves, the ranked-results grid (re-ranked) and the t-SNE of the test embeddings."""
+    curves = {"untrained": untrained.cmc, "trained": result.cmc, "trained + re-ranking": result.reranked.cmc}
     plot_cmc(curves, out / "cmc.png", title="CMC on the synthetic test set")
     plot_ranked_results([r.path for r in data_set.query], [r.path for r in data_set.gallery], reranked_distances,
                         *final.labels, out / "ranked_results.png", topk=10, num_queries=8, cell_size=(64, 32))
@@ -175,13 +187,17 @@ def run_demo(out: str | Path = "reidfast-demo", *, epochs: int | None = None, de
     people = test_pids > 0  # t-SNE of the test identities (junk and distractors left out)
     plot_tsne(test_features[people], test_pids[people], out / "tsne.png", seed=seed,
               title="t-SNE of test embeddings")
-    log(f"[6/7] pictures: {', '.join(str(out / name) for name in PICTURES)}")
-    now = stage("pictures", now)
 
-    rows = [("untrained model", untrained.result), ("trained", result),
+
+def _write_summary(out: Path, data_set: ReIDDataset, dataset: DemoDataset, data_root: Path, config: TrainConfig,
+                   device: torch.device, untrained: EvaluatorResult, result: EvaluatorResult,
+                   trained: dict[str, Any], seconds: dict[str, float],
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Stage 7: `<out>/metrics.json` and `<out>/summary.md`, and the table on the terminal; returns the metrics."""
+    num_classes = data_set.num_train_pids
+    rows = [("untrained model", untrained), ("trained", result),
             (f"trained + re-ranking (k1={DEMO_RERANK['k1']}, k2={DEMO_RERANK['k2']})", result.reranked)]
     verification = result.verification
-    seconds["total"] = time.perf_counter() - started
     table = ranking_table(rows)
     verification_line = (f"verification (trained, {verification.num_positive_pairs} positive / "
                          f"{verification.num_negative_pairs} negative pairs): ROC AUC {verification.roc_auc:.1%}, "
@@ -192,7 +208,7 @@ def run_demo(out: str | Path = "reidfast-demo", *, epochs: int | None = None, de
         "dataset": {**asdict(dataset), "root": str(data_root), "num_train_images": len(data_set.train),
                     "num_query": len(data_set.query), "num_gallery": len(data_set.gallery)},
         "config": config.to_dict(), "rerank": DEMO_RERANK,
-        "untrained": untrained.result.to_dict(), "trained": result.to_dict(),
+        "untrained": untrained.to_dict(), "trained": result.to_dict(),
         "final_train_loss": trained["history"][-1]["loss"] if trained["history"] else None,
         "first_train_loss": trained["history"][0]["loss"] if trained["history"] else None,
         "seconds": seconds, "torch": torch.__version__,

@@ -126,7 +126,7 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, config: TrainConfig, 
         raise ValueError(f"evaluate_model: dataset {dataset.name!r} needs query and gallery images, has "
                          f"{len(dataset.query)} queries and {len(dataset.gallery)} gallery images")
     if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     if isinstance(model, DistributedDataParallel):
         model = model.module
     distributed = _distributed_active() and distributed is not False
@@ -187,7 +187,7 @@ def train(dataset: ReIDDataset | str | os.PathLike, config: TrainConfig | None =
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
     if not isinstance(dataset, ReIDDataset):
         dataset = load_market1501(dataset)
     if not dataset.train:
@@ -195,7 +195,8 @@ def train(dataset: ReIDDataset | str | os.PathLike, config: TrainConfig | None =
     train_pids = [r.pid for r in dataset.train]
     num_classes = max(train_pids) + 1
     if min(train_pids) < 0 or len(set(train_pids)) != num_classes:
-        raise ValueError("training pids must be relabelled to 0..P-1 (the dataset loaders do this)")
+        raise ValueError(f"dataset: expected training pids relabelled to 0..P-1 (the dataset loaders do this), "
+                         f"got {min(train_pids)}..{max(train_pids)} over {len(set(train_pids))} identities")
     with _process_group(config.device) as (device, rank, world_size):
         if num_classes < config.batch_p * world_size:
             raise ValueError(f"batch_p={config.batch_p} identities per batch"

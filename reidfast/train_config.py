@@ -75,48 +75,48 @@ class TrainConfig:
             if not ok:
                 problems.append(message)
 
-        need(_is_int(self.epochs) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(_is_int(self.epochs) and self.epochs >= 1, f"epochs: expected an integer >= 1, got {self.epochs!r}")
         need(_is_int(self.batch_p) and self.batch_p >= 2,
-             f"batch_p must be an integer >= 2 (the triplet loss needs negatives), got {self.batch_p!r}")
+             f"batch_p: expected an integer >= 2 (the triplet loss needs negatives), got {self.batch_p!r}")
         need(_is_int(self.batch_k) and self.batch_k >= 2,
-             f"batch_k must be an integer >= 2 (the triplet loss needs positives), got {self.batch_k!r}")
-        need(_is_number(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+             f"batch_k: expected an integer >= 2 (the triplet loss needs positives), got {self.batch_k!r}")
+        need(_is_number(self.lr) and self.lr > 0, f"lr: expected a positive number, got {self.lr!r}")
         need(_is_number(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay must be >= 0, got {self.weight_decay!r}")
+             f"weight_decay: expected >= 0, got {self.weight_decay!r}")
         need(_is_int(self.warmup_epochs) and self.warmup_epochs >= 0,
-             f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+             f"warmup_epochs: expected an integer >= 0, got {self.warmup_epochs!r}")
         need(_is_number(self.warmup_factor) and 0 < self.warmup_factor <= 1,
              f"warmup_factor must lie in (0, 1], got {self.warmup_factor!r}")
         need(all(_is_int(m) and m >= 1 for m in self.milestones)
              and list(self.milestones) == sorted(set(self.milestones)),
-             f"milestones must be strictly increasing positive integers, got {self.milestones!r}")
+             f"milestones: expected strictly increasing positive integers, got {self.milestones!r}")
         need(_is_number(self.gamma) and 0 < self.gamma <= 1, f"gamma must lie in (0, 1], got {self.gamma!r}")
         need(self.margin == "soft" or (_is_number(self.margin) and self.margin >= 0),
-             f"margin must be a number >= 0 or 'soft', got {self.margin!r}")
+             f"margin: expected a number >= 0 or 'soft', got {self.margin!r}")
         need(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
              f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
         need(_is_number(self.triplet_weight) and self.triplet_weight >= 0,
-             f"triplet_weight must be >= 0, got {self.triplet_weight!r}")
+             f"triplet_weight: expected >= 0, got {self.triplet_weight!r}")
         need(_is_int(self.eval_every) and self.eval_every >= 0,
-             f"eval_every must be an integer >= 0, got {self.eval_every!r}")
-        need(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+             f"eval_every: expected an integer >= 0, got {self.eval_every!r}")
+        need(_is_int(self.seed), f"seed: expected an integer, got {self.seed!r}")
         need(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")),
-             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+             f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         need(_is_int(self.num_workers) and self.num_workers >= 0,
-             f"num_workers must be an integer >= 0, got {self.num_workers!r}")
-        need(isinstance(self.image_cache, bool), f"image_cache must be True or False, got {self.image_cache!r}")
+             f"num_workers: expected an integer >= 0, got {self.num_workers!r}")
+        need(isinstance(self.image_cache, bool), f"image_cache: expected True or False, got {self.image_cache!r}")
         need(_is_int(self.height) and self.height >= 16 and _is_int(self.width) and self.width >= 8,
-             f"height and width (image size) must be integers >= 16 and >= 8, got ({self.height!r}, {self.width!r})")
+             f"height, width (image size): expected integers >= 16 and >= 8, got ({self.height!r}, {self.width!r})")
         need(self.padding is None or (_is_int(self.padding) and self.padding >= 0),
-             f"padding must be None or an integer >= 0, got {self.padding!r}")
+             f"padding: expected None or an integer >= 0, got {self.padding!r}")
         need(_is_number(self.flip_p) and 0 <= self.flip_p <= 1, f"flip_p must lie in [0, 1], got {self.flip_p!r}")
         need(_is_number(self.erasing_p) and 0 <= self.erasing_p <= 1,
              f"erasing_p must lie in [0, 1], got {self.erasing_p!r}")
         need(_is_int(self.model_width) and self.model_width >= 1,
-             f"model_width must be an integer >= 1, got {self.model_width!r}")
+             f"model_width: expected an integer >= 1, got {self.model_width!r}")
         need(bool(self.model_layers) and all(_is_int(n) and n >= 1 for n in self.model_layers),
-             f"model_layers must be positive block counts, got {self.model_layers!r}")
-        need(self.last_stride in (1, 2), f"last_stride must be 1 or 2, got {self.last_stride!r}")
+             f"model_layers: expected positive block counts, got {self.model_layers!r}")
+        need(self.last_stride in (1, 2), f"last_stride: expected 1 or 2, got {self.last_stride!r}")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 

@@ -32,7 +32,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
+        raise ValueError(f"environment variable {name}: expected an integer, got {text!r}") from None
 
 
 @contextlib.contextmanager

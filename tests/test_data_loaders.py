@@ -320,7 +320,7 @@ def test_normalize_values():
     image = torch.full((3, 4, 4), 0.5)
     out = Normalize(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))(image)
     assert torch.allclose(out[:, 0, 0], torch.tensor([0.0, 1.0, 0.25]))
-    with pytest.raises(ValueError, match="std must be positive"):
+    with pytest.raises(ValueError, match="std: expected positive"):
         Normalize(std=(0.0, 1.0, 1.0))
 
 

@@ -78,7 +78,7 @@ def test_bad_arguments_are_clear_errors():
         BatchAugment()(torch.zeros(2, 3, HEIGHT, WIDTH))
     with pytest.raises(ValueError, match="padding: expected"):
         BatchAugment(padding=-1)
-    with pytest.raises(ValueError, match="p must be in"):
+    with pytest.raises(ValueError, match="p: expected a probability in"):
         BatchAugment(erasing_p=1.5)
 
 

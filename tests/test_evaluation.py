@@ -702,7 +702,7 @@ def test_verification_sampling_of_positives_above_half_the_budget():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"distmat": np.array([[np.nan, 0.0]])}, "distmat: contains NaN"),
+    ({"distmat": np.array([[np.nan, 0.0]])}, "distmat: expected comparable distances, got NaN"),
     ({"distmat": np.zeros(3)}, "distmat: expected a non-empty 2-D"),
     ({"q_pids": [1, 2]}, "q_pids: expected a 1-D array of length 1"),
     ({"g_pids": [5, 6]}, "verification needs positive and negative pairs, got 0 positive"),

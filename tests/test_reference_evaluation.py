@@ -405,22 +405,22 @@ def _replace(index, value):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (_replace(0, np.zeros(6)), "distmat must be 2-D"),
-        (_replace(0, np.zeros((3, 6, 1))), "distmat must be 2-D"),
-        (_replace(0, np.zeros((3, 6), dtype=complex)), "distmat must be a real numeric array"),
-        (_replace(0, np.full((3, 6), "a")), "distmat must be a real numeric array"),
+        (_replace(0, np.zeros(6)), "distmat: expected a 2-D"),
+        (_replace(0, np.zeros((3, 6, 1))), "distmat: expected a 2-D"),
+        (_replace(0, np.zeros((3, 6), dtype=complex)), "distmat: expected real distances"),
+        (_replace(0, np.full((3, 6), "a")), "distmat: expected real distances"),
         (_replace(0, np.zeros((0, 6))), "at least one query row and one gallery column"),
         (_replace(0, np.zeros((3, 0))), "at least one query row and one gallery column"),
-        (_replace(0, np.where(np.eye(3, 6) > 0, np.nan, HAND_DISTMAT)), "distmat contains NaN"),
-        (_replace(1, np.array([1, 2])), "q_pids has length 2 but distmat has 3 rows"),
-        (_replace(3, np.array([0, 0, 0, 0])), "q_camids has length 4 but distmat has 3 rows"),
-        (_replace(2, np.array([1, 2, 1, 0, 1])), "g_pids has length 5 but distmat has 6 columns"),
-        (_replace(4, np.zeros(7, dtype=int)), "g_camids has length 7 but distmat has 6 columns"),
-        (_replace(1, np.array([[1, 2, 3]])), "q_pids must be 1-D"),
-        (_replace(1, np.array([1.0, 2.5, 3.0])), "q_pids must hold integer labels.*non-integral"),
-        (_replace(2, np.array([1, 2, 1, 0, 1, np.nan])), "g_pids must hold integer labels"),
-        (_replace(3, np.array(["a", "b", "c"])), "q_camids must hold integer labels"),
-        (_replace(4, np.array([0, 1, 1, 1, 2, 0.5])), "g_camids must hold integer labels"),
+        (_replace(0, np.where(np.eye(3, 6) > 0, np.nan, HAND_DISTMAT)), "distmat: expected comparable distances.*got NaN"),
+        (_replace(1, np.array([1, 2])), "q_pids: expected length 3 .distmat.s rows .queries.., got 2"),
+        (_replace(3, np.array([0, 0, 0, 0])), "q_camids: expected length 3 .distmat.s rows .queries.., got 4"),
+        (_replace(2, np.array([1, 2, 1, 0, 1])), "g_pids: expected length 6 .distmat.s columns .gallery items.., got 5"),
+        (_replace(4, np.zeros(7, dtype=int)), "g_camids: expected length 6 .distmat.s columns .gallery items.., got 7"),
+        (_replace(1, np.array([[1, 2, 3]])), "q_pids: expected a 1-D array"),
+        (_replace(1, np.array([1.0, 2.5, 3.0])), "q_pids: expected integer labels.*non-integral"),
+        (_replace(2, np.array([1, 2, 1, 0, 1, np.nan])), "g_pids: expected integer labels"),
+        (_replace(3, np.array(["a", "b", "c"])), "q_camids: expected integer labels"),
+        (_replace(4, np.array([0, 1, 1, 1, 2, 0.5])), "g_camids: expected integer labels"),
     ],
 )
 def test_invalid_inputs_raise_naming_the_argument(evaluate, args, match):
@@ -429,14 +429,14 @@ def test_invalid_inputs_raise_naming_the_argument(evaluate, args, match):
 
 
 @pytest.mark.parametrize("evaluate", EVALUATORS)
-@pytest.mark.parametrize("max_rank, match", [(0, "max_rank must be >= 1"), (-3, "max_rank must be >= 1"),
-                                             (2.5, "max_rank must be an integer"), (True, "max_rank must be an integer")])
+@pytest.mark.parametrize("max_rank, match", [(0, "max_rank: expected an integer >= 1"), (-3, "max_rank: expected an integer >= 1"),
+                                             (2.5, "max_rank: expected an integer"), (True, "max_rank: expected an integer")])
 def test_invalid_max_rank(evaluate, max_rank, match):
     with pytest.raises(ValueError, match=match):
         evaluate(*HAND_ARGS, max_rank=max_rank)
 
 
-@pytest.mark.parametrize("num_repeats, match", [(0, "num_repeats must be >= 1"), (1.0, "num_repeats must be an integer")])
+@pytest.mark.parametrize("num_repeats, match", [(0, "num_repeats: expected an integer >= 1"), (1.0, "num_repeats: expected an integer")])
 def test_invalid_num_repeats(num_repeats, match):
     with pytest.raises(ValueError, match=match):
         evaluate_cuhk03(*HAND_ARGS, max_rank=5, num_repeats=num_repeats)

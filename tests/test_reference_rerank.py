@@ -438,14 +438,14 @@ def valid_distances():
 @pytest.mark.parametrize(
     "replace,match",
     [
-        ({"q_g_dist": np.zeros(5)}, "q_g_dist must be a 2-D"),
-        ({"q_q_dist": np.zeros((3, 3, 1))}, "q_q_dist must be a 2-D"),
-        ({"g_g_dist": np.zeros((2, 5, 5))}, "g_g_dist must be a 2-D"),
-        ({"q_q_dist": np.zeros((3, 4))}, r"q_q_dist must have shape \(Q, Q\) = \(3, 3\)"),
-        ({"g_g_dist": np.zeros((4, 4))}, r"g_g_dist must have shape \(G, G\) = \(5, 5\)"),
-        ({"q_g_dist": np.zeros((3, 4))}, r"g_g_dist must have shape \(G, G\) = \(4, 4\)"),
-        ({"q_g_dist": np.full((3, 5), "a")}, "q_g_dist must hold real numbers"),
-        ({"g_g_dist": np.ones((5, 5), dtype=np.complex64)}, "g_g_dist must hold real numbers"),
+        ({"q_g_dist": np.zeros(5)}, "q_g_dist: expected a 2-D"),
+        ({"q_q_dist": np.zeros((3, 3, 1))}, "q_q_dist: expected a 2-D"),
+        ({"g_g_dist": np.zeros((2, 5, 5))}, "g_g_dist: expected a 2-D"),
+        ({"q_q_dist": np.zeros((3, 4))}, r"q_q_dist: expected shape \(Q, Q\) = \(3, 3\)"),
+        ({"g_g_dist": np.zeros((4, 4))}, r"g_g_dist: expected shape \(G, G\) = \(5, 5\)"),
+        ({"q_g_dist": np.zeros((3, 4))}, r"g_g_dist: expected shape \(G, G\) = \(4, 4\)"),
+        ({"q_g_dist": np.full((3, 5), "a")}, "q_g_dist: expected real numbers"),
+        ({"g_g_dist": np.ones((5, 5), dtype=np.complex64)}, "g_g_dist: expected real numbers"),
     ],
 )
 def test_bad_distance_shapes_and_dtypes(replace, match):
@@ -460,27 +460,27 @@ def test_bad_distance_shapes_and_dtypes(replace, match):
 def test_non_finite_distances(name, bad_value):
     arguments = {key: value.copy() for key, value in zip(("q_g_dist", "q_q_dist", "g_g_dist"), valid_distances())}
     arguments[name][0, 1] = bad_value
-    with pytest.raises(ValueError, match=f"{name} contains NaN or Inf"):
+    with pytest.raises(ValueError, match=f"{name}: expected finite values"):
         re_ranking(**arguments, k1=2, k2=1)
 
 
 @pytest.mark.parametrize(
     "k1,k2,lambda_value,match",
     [
-        (2.0, 1, 0.3, "k1 must be an integer"),
-        (True, 1, 0.3, "k1 must be an integer"),
-        ("20", 1, 0.3, "k1 must be an integer"),
-        (0, 1, 0.3, r"k1 must satisfy 1 <= k1 < Q \+ G = 8"),
-        (8, 1, 0.3, r"k1 must satisfy 1 <= k1 < Q \+ G = 8"),
-        (4, 1.5, 0.3, "k2 must be an integer"),
-        (4, None, 0.3, "k2 must be an integer"),
-        (4, 0, 0.3, r"k2 must satisfy 1 <= k2 <= k1 = 4"),
-        (4, 5, 0.3, r"k2 must satisfy 1 <= k2 <= k1 = 4"),
-        (4, 2, -0.1, r"lambda_value must be in \[0, 1\]"),
-        (4, 2, 1.5, r"lambda_value must be in \[0, 1\]"),
-        (4, 2, float("nan"), r"lambda_value must be in \[0, 1\]"),
-        (4, 2, "0.3", "lambda_value must be a real number"),
-        (4, 2, None, "lambda_value must be a real number"),
+        (2.0, 1, 0.3, "k1: expected an integer"),
+        (True, 1, 0.3, "k1: expected an integer"),
+        ("20", 1, 0.3, "k1: expected an integer"),
+        (0, 1, 0.3, r"k1: expected 1 <= k1 < Q \+ G = 8"),
+        (8, 1, 0.3, r"k1: expected 1 <= k1 < Q \+ G = 8"),
+        (4, 1.5, 0.3, "k2: expected an integer"),
+        (4, None, 0.3, "k2: expected an integer"),
+        (4, 0, 0.3, r"k2: expected 1 <= k2 <= k1 = 4"),
+        (4, 5, 0.3, r"k2: expected 1 <= k2 <= k1 = 4"),
+        (4, 2, -0.1, r"lambda_value: expected a real number in \[0, 1\]"),
+        (4, 2, 1.5, r"lambda_value: expected a real number in \[0, 1\]"),
+        (4, 2, float("nan"), r"lambda_value: expected a real number in \[0, 1\]"),
+        (4, 2, "0.3", "lambda_value: expected a real number"),
+        (4, 2, None, "lambda_value: expected a real number"),
     ],
 )
 def test_bad_parameters(k1, k2, lambda_value, match):
@@ -498,13 +498,13 @@ def test_numpy_integer_parameters_are_accepted():
 @pytest.mark.parametrize(
     "query,gallery,metric,match",
     [
-        (np.ones((3, 4)), np.ones((5, 4)), "manhattan", "metric must be one of"),
-        (np.ones((3, 4)), np.ones((5, 3)), "euclidean", "same feature dimension"),
-        (np.ones(4), np.ones((5, 4)), "euclidean", "query_features must be a 2-D"),
-        (np.ones((3, 4)), np.ones((5, 4, 1)), "euclidean", "gallery_features must be a 2-D"),
-        (np.full((3, 4), np.nan), np.ones((5, 4)), "euclidean", "query_features contains NaN or Inf"),
-        (np.ones((3, 4)), np.full((5, 4), np.inf), "cosine", "gallery_features contains NaN or Inf"),
-        (np.full((3, 4), "x"), np.ones((5, 4)), "euclidean", "query_features must hold real numbers"),
+        (np.ones((3, 4)), np.ones((5, 4)), "manhattan", "metric: expected one of"),
+        (np.ones((3, 4)), np.ones((5, 3)), "euclidean", "gallery_features: expected the same feature dimension"),
+        (np.ones(4), np.ones((5, 4)), "euclidean", "query_features: expected a 2-D"),
+        (np.ones((3, 4)), np.ones((5, 4, 1)), "euclidean", "gallery_features: expected a 2-D"),
+        (np.full((3, 4), np.nan), np.ones((5, 4)), "euclidean", "query_features: expected finite values, got NaN or Inf"),
+        (np.ones((3, 4)), np.full((5, 4), np.inf), "cosine", "gallery_features: expected finite values, got NaN or Inf"),
+        (np.full((3, 4), "x"), np.ones((5, 4)), "euclidean", "query_features: expected real numbers"),
     ],
 )
 def test_bad_feature_arguments(query, gallery, metric, match):
@@ -513,5 +513,5 @@ def test_bad_feature_arguments(query, gallery, metric, match):
 
 
 def test_features_entry_point_checks_parameters_too():
-    with pytest.raises(ValueError, match="k1 must satisfy"):
+    with pytest.raises(ValueError, match="k1: expected"):
         re_ranking_features(np.ones((2, 4)), np.ones((3, 4)), k1=5, k2=1)

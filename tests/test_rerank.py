@@ -240,17 +240,17 @@ def test_torch_tensor_validation_messages(backend):
     """Tensors are checked where they live (no host copy on the torch backend): same messages."""
     q_g, q_q, g_g = torch.ones(2, 3), torch.ones(2, 2), torch.ones(3, 3)
     cases = [
-        ((q_g.to(torch.complex64), q_q, g_g), "q_g_dist must hold real numbers, got dtype complex64"),
-        ((q_g, q_q.bool(), g_g), "q_q_dist must hold real numbers, got dtype bool"),
-        ((q_g, q_q, torch.ones(3)), "g_g_dist must be a 2-D distance matrix, got shape (3,)"),
-        ((q_g, q_q, g_g.index_fill(0, torch.tensor([1]), float("nan"))), "g_g_dist contains NaN or Inf"),
+        ((q_g.to(torch.complex64), q_q, g_g), "q_g_dist: expected real numbers, got dtype complex64"),
+        ((q_g, q_q.bool(), g_g), "q_q_dist: expected real numbers, got dtype bool"),
+        ((q_g, q_q, torch.ones(3)), "g_g_dist: expected a 2-D distance matrix, got shape (3,)"),
+        ((q_g, q_q, g_g.index_fill(0, torch.tensor([1]), float("nan"))), "g_g_dist: expected finite values"),
     ]
     for args, message in cases:
         with reidfast.use_backend(backend), pytest.raises(ValueError, match=re.escape(message)):
             reidfast.re_ranking_distances(*args, k1=2, k2=1)
     inf = torch.ones(3, 4)
     inf[1, 2] = float("inf")
-    with reidfast.use_backend(backend), pytest.raises(ValueError, match="gallery_features contains NaN or Inf"):
+    with reidfast.use_backend(backend), pytest.raises(ValueError, match="gallery_features: expected finite values"):
         reidfast.re_ranking(torch.ones(2, 4), inf, k1=2, k2=1)
 
 

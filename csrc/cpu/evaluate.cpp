@@ -18,51 +18,29 @@
 // AP is summed exactly as numpy sums the reference's full-length precision vector (pairwise summation,
 // see pairwise_sum_of_sparse), so the float64 AP is bit-identical to reidfast/reference/evaluation.py.
 //
-// CUHK03: which image of each identity every sampled gallery takes is drawn from numpy's seeded generator
-// exactly as the reference draws it (cuhk03_draw_offsets replays numpy's bounded-integer algorithm on the
-// generator's own bits). Then (evaluate_cuhk03_sampled_ranks) identity j's o-th image in ranking order
-// ranks before a sampled match P iff more than o of j's images rank before P, so per query one pass over
-// the row counts, for each distinct sampled match (<= R pivots), each identity's images before it; each
-// repeat then compares those counts with its offsets. No row or identity group is sorted.
+// The CUHK03 protocol is in evaluate_cuhk03.cpp; what both share is in evaluate_internal.h.
 #include "evaluate.h"
 
 #include <algorithm>
-#include <atomic>
-#include <climits>
 #include <cstdint>
-#include <numeric>
-#include <sstream>
 #include <string>
 #include <vector>
+
+#include "evaluate_internal.h"
 
 namespace reidfast {
 namespace cpu {
 namespace {
 
+using evaluate_detail::check_ranking_inputs;
+using evaluate_detail::GalleryByPid;
+using evaluate_detail::key_less;
+using evaluate_detail::Match;
+
 // Up to this many matches a query is ranked by one vectorised counting pass per match (k * G / lanes
 // comparisons, no branches); above it by one pass with a binary search per item (G log k).
 constexpr int64_t kMaxMatchesForCounting = 32;
 constexpr int64_t kCountBlock = int64_t{1} << 30;  // int32 block counters cannot overflow
-
-void check_label_vector(const ArrayView& a, const char* name, int64_t length, const char* length_source) {
-  std::ostringstream why;
-  if (a.on_cuda()) {
-    why << name << ": expected host memory";
-    fail(why.str());
-  }
-  if (a.ndim() != 1 || a.size(0) != length) {
-    why << name << ": expected a vector of length " << length << " (" << length_source << ")";
-    fail(why.str());
-  }
-  if (length > 1 && a.stride(0) != 1) {
-    why << name << ": expected a contiguous vector, got stride " << a.stride(0);
-    fail(why.str());
-  }
-  if (a.dtype != DType::Int64) {
-    why << name << ": expected int64 labels, got " << dtype_name(a.dtype);
-    fail(why.str());
-  }
-}
 
 void check_output_vector(const ArrayView& a, const char* name, int64_t length, DType dtype) {
   check(!a.on_cuda() && a.ndim() == 1 && a.size(0) == length && (length <= 1 || a.stride(0) == 1),
@@ -99,31 +77,6 @@ double pairwise_sum_of_sparse(const int64_t* position, const double* value, int6
          pairwise_sum_of_sparse(position, value, split, hi, start + half, n - half);
 }
 
-// Gallery indices grouped by pid: indices[begin(pid) .. end(pid)) in increasing gallery index.
-struct GalleryByPid {
-  std::vector<int64_t> pids;     // sorted
-  std::vector<int64_t> indices;  // gallery index of each entry of `pids`
-
-  explicit GalleryByPid(const int64_t* g_pids, int64_t num_gallery) : indices(static_cast<size_t>(num_gallery)) {
-    std::iota(indices.begin(), indices.end(), int64_t{0});
-    std::stable_sort(indices.begin(), indices.end(), [g_pids](int64_t a, int64_t b) { return g_pids[a] < g_pids[b]; });
-    pids.resize(indices.size());
-    for (size_t i = 0; i < indices.size(); ++i) pids[i] = g_pids[indices[i]];
-  }
-};
-
-template <typename T>
-struct Match {
-  T distance;
-  int64_t index;
-};
-
-// Key order of the ranking: by distance, then by gallery index (the order of a stable sort).
-template <typename T>
-inline bool key_less(T distance_a, int64_t index_a, T distance_b, int64_t index_b) {
-  return distance_a < distance_b || (distance_a == distance_b && index_a < index_b);
-}
-
 // #{g : (row[g], g) < (distance, index)}: two branch-free counting loops the compiler vectorises.
 template <typename T>
 inline int64_t count_keys_before(const T* row, int64_t length, T distance, int64_t index) {
@@ -141,14 +94,6 @@ inline int64_t count_keys_before(const T* row, int64_t length, T distance, int64
   return count;
 }
 
-// The counting loops are the hot spot: on x86-64 GCC also compiles them for AVX2 (twice the lanes of the
-// baseline SSE2) and picks the version at load time (ifunc), so the module still runs on any x86-64 CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define REIDFAST_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define REIDFAST_SIMD_CLONES
-#endif
-
 REIDFAST_SIMD_CLONES int64_t count_keys_before_simd(const float* row, int64_t length, float distance, int64_t index) {
   return count_keys_before(row, length, distance, index);
 }
@@ -156,26 +101,6 @@ REIDFAST_SIMD_CLONES int64_t count_keys_before_simd(const float* row, int64_t le
 REIDFAST_SIMD_CLONES int64_t count_keys_before_simd(const double* row, int64_t length, double distance,
                                                     int64_t index) {
   return count_keys_before(row, length, distance, index);
-}
-
-// slot[g] += 1 for the items g ranked after (distance, index): (row[g], g) > (distance, index), vectorised.
-template <typename T>
-inline void add_one_after_key(const T* row, int64_t length, T distance, int64_t index, int32_t* slot) {
-  const int64_t split = std::min(std::max(index, int64_t{0}), length);
-#pragma omp simd
-  for (int64_t g = 0; g < split; ++g) slot[g] += row[g] > distance ? 1 : 0;  // before the index: ties rank first
-#pragma omp simd
-  for (int64_t g = split + 1; g < length; ++g) slot[g] += row[g] >= distance ? 1 : 0;
-}
-
-REIDFAST_SIMD_CLONES void add_one_after_key_simd(const float* row, int64_t length, float distance, int64_t index,
-                                                 int32_t* slot) {
-  add_one_after_key(row, length, distance, index, slot);
-}
-
-REIDFAST_SIMD_CLONES void add_one_after_key_simd(const double* row, int64_t length, double distance, int64_t index,
-                                                 int32_t* slot) {
-  add_one_after_key(row, length, distance, index, slot);
 }
 
 // Ranks of the matches by one counting pass per match: k vectorised passes over the row. Fast for few
@@ -286,154 +211,13 @@ void evaluate_typed(const ArrayView& distmat, const int64_t* q_pids, const int64
   }
 }
 
-// numpy's C interface to a bit generator (numpy/random/bitgen.h), reached through the address Python gives.
-struct NumpyBitGenerator {
-  void* state;
-  uint64_t (*next_uint64)(void* state);
-  uint32_t (*next_uint32)(void* state);
-  double (*next_double)(void* state);
-  uint64_t (*next_raw)(void* state);
-};
-
-// numpy's random_bounded_uint64(state, 0, rng = high - 1, mask, use_masked = false) for 1 <= high < 2^32:
-// no bits for rng == 0, else Lemire's multiply-and-reject on 32-bit words (buffered_bounded_lemire_uint32).
-inline int64_t numpy_bounded_draw(const NumpyBitGenerator& generator, uint64_t high) {
-  const uint32_t rng = static_cast<uint32_t>(high - 1);
-  if (rng == 0) return 0;
-  const uint32_t rng_excl = rng + 1;
-  uint64_t m = static_cast<uint64_t>(generator.next_uint32(generator.state)) * rng_excl;
-  uint32_t leftover = static_cast<uint32_t>(m);
-  if (leftover < rng_excl) {
-    const uint32_t threshold = (UINT32_MAX - rng) % rng_excl;
-    while (leftover < threshold) {
-      m = static_cast<uint64_t>(generator.next_uint32(generator.state)) * rng_excl;
-      leftover = static_cast<uint32_t>(m);
-    }
-  }
-  return static_cast<int64_t>(m >> 32);
-}
-
-// CUHK03 sampled ranks of one distance type; see evaluate_cuhk03_sampled_ranks in evaluate.h.
-template <typename T>
-void cuhk03_typed(const ArrayView& distmat, const int64_t* q_pids, const int64_t* g_pids, const int64_t* q_camids,
-                  const int64_t* g_camids, const int64_t* identity, const int64_t* offsets, int64_t num_repeats,
-                  int64_t num_identities, int64_t* sampled_rank) {
-  const int64_t num_query = distmat.size(0), num_gallery = distmat.size(1), row_stride = distmat.stride(0);
-  const T* distances = distmat.ptr<T>();
-  const GalleryByPid gallery(g_pids, num_gallery);
-  std::atomic<int64_t> bad_query{-1};  // a query whose own offset is not below its number of matches
-
-#pragma omp parallel
-  {
-    std::vector<Match<T>> matches;        // the query's correct matches, sorted by key
-    std::vector<int64_t> pivot_match;     // distinct sampled match indices into `matches`, ascending
-    std::vector<T> pivot_distance;        // their keys: distance ...
-    std::vector<int64_t> pivot_index;     // ... and gallery index
-    std::vector<int32_t> pivots_before;   // (G,): per item, the number of pivots ranked before it
-    std::vector<int32_t> images_before;   // (pivots + 1, identities): images of j ranked before pivot s
-
-#pragma omp for schedule(dynamic, 8)
-    for (int64_t q = 0; q < num_query; ++q) {
-      const T* row = distances + q * row_stride;
-      const int64_t pid = q_pids[q], camid = q_camids[q];
-      int64_t* ranks = sampled_rank + q * num_repeats;
-      const int64_t* query_offsets = offsets + q * num_repeats * num_identities;
-
-      const auto group_begin = std::lower_bound(gallery.pids.begin(), gallery.pids.end(), pid);
-      const auto group_end = std::upper_bound(group_begin, gallery.pids.end(), pid);
-      matches.clear();
-      for (auto it = group_begin; it != group_end; ++it) {
-        const int64_t g = gallery.indices[static_cast<size_t>(it - gallery.pids.begin())];
-        if (g_camids[g] != camid) matches.push_back({row[g], g});
-      }
-      const int64_t num_matches = static_cast<int64_t>(matches.size());
-      if (num_matches == 0) {
-        std::fill(ranks, ranks + num_repeats, int64_t{0});
-        continue;
-      }
-      std::sort(matches.begin(), matches.end(), [](const Match<T>& a, const Match<T>& b) {
-        return key_less(a.distance, a.index, b.distance, b.index);
-      });
-      const int64_t own_identity = identity[matches[0].index];
-
-      pivot_match.clear();
-      bool offsets_ok = true;
-      for (int64_t r = 0; r < num_repeats; ++r) {
-        const int64_t o = query_offsets[r * num_identities + own_identity];
-        offsets_ok = offsets_ok && o >= 0 && o < num_matches;
-        pivot_match.push_back(o);
-      }
-      if (!offsets_ok) {
-        bad_query.store(q);
-        std::fill(ranks, ranks + num_repeats, int64_t{0});
-        continue;
-      }
-      std::sort(pivot_match.begin(), pivot_match.end());
-      pivot_match.erase(std::unique(pivot_match.begin(), pivot_match.end()), pivot_match.end());
-      const int64_t num_pivots = static_cast<int64_t>(pivot_match.size());
-      pivot_distance.resize(pivot_match.size());
-      pivot_index.resize(pivot_match.size());
-      for (int64_t s = 0; s < num_pivots; ++s) {
-        pivot_distance[s] = matches[pivot_match[s]].distance;
-        pivot_index[s] = matches[pivot_match[s]].index;
-      }
-
-      // An item with s pivots before it ranks before pivots s, s + 1, ...: one vectorised pass per pivot
-      // counts s, one pass bins the items by (s, identity); row num_pivots collects those after every
-      // pivot. The query's own identity is counted too but never compared.
-      pivots_before.assign(static_cast<size_t>(num_gallery), 0);
-      for (int64_t s = 0; s < num_pivots; ++s) {
-        add_one_after_key_simd(row, num_gallery, pivot_distance[s], pivot_index[s], pivots_before.data());
-      }
-      images_before.assign(static_cast<size_t>((num_pivots + 1) * num_identities), 0);
-      for (int64_t g = 0; g < num_gallery; ++g) {
-        ++images_before[static_cast<size_t>(pivots_before[g] * num_identities + identity[g])];
-      }
-      for (int64_t s = 1; s < num_pivots; ++s) {
-        int32_t* current = images_before.data() + s * num_identities;
-        const int32_t* previous = current - num_identities;
-        for (int64_t j = 0; j < num_identities; ++j) current[j] += previous[j];
-      }
-
-      for (int64_t r = 0; r < num_repeats; ++r) {
-        const int64_t* repeat_offsets = query_offsets + r * num_identities;
-        const int64_t s = std::lower_bound(pivot_match.begin(), pivot_match.end(), repeat_offsets[own_identity]) -
-                          pivot_match.begin();
-        const int32_t* before = images_before.data() + s * num_identities;
-        int64_t preceding = 0;
-        for (int64_t j = 0; j < num_identities; ++j) preceding += before[j] > repeat_offsets[j] ? 1 : 0;
-        preceding -= before[own_identity] > repeat_offsets[own_identity] ? 1 : 0;
-        ranks[r] = 1 + preceding;
-      }
-    }
-  }
-  const int64_t bad = bad_query.load();
-  if (bad >= 0) {
-    fail("offsets: query " + std::to_string(bad) + " samples a match index outside [0, its number of matches)");
-  }
-}
-
-// A host float32/float64 distmat (Q, G) and its four label vectors.
-void check_ranking_inputs(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
-                          const ArrayView& q_camids, const ArrayView& g_camids) {
-  check_matrix(distmat, "distmat", /*want_cuda=*/false);
-  if (distmat.dtype != DType::Float32 && distmat.dtype != DType::Float64) {
-    fail(std::string("distmat: the CPU kernel takes float32 or float64 distances, got ") + dtype_name(distmat.dtype));
-  }
-  const int64_t num_query = distmat.size(0), num_gallery = distmat.size(1);
-  check_label_vector(q_pids, "q_pids", num_query, "distmat rows");
-  check_label_vector(q_camids, "q_camids", num_query, "distmat rows");
-  check_label_vector(g_pids, "g_pids", num_gallery, "distmat columns");
-  check_label_vector(g_camids, "g_camids", num_gallery, "distmat columns");
-}
-
 }  // namespace
 
 void evaluate_market1501(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
                          const ArrayView& q_camids, const ArrayView& g_camids, const ArrayView& first_match_rank,
                          const ArrayView& average_precision, const ArrayView& inverse_negative_penalty) {
   check_ranking_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
-  const int64_t num_query = distmat.size(0), num_gallery = distmat.size(1);
+  const int64_t num_query = distmat.size(0);
   check_output_vector(first_match_rank, "first_match_rank", num_query, DType::Int64);
   check_output_vector(average_precision, "average_precision", num_query, DType::Float64);
   check_output_vector(inverse_negative_penalty, "inverse_negative_penalty", num_query, DType::Float64);
@@ -446,76 +230,6 @@ void evaluate_market1501(const ArrayView& distmat, const ArrayView& q_pids, cons
     evaluate_typed<double>(distmat, q_pids.ptr<int64_t>(), g_pids.ptr<int64_t>(), q_camids.ptr<int64_t>(),
                            g_camids.ptr<int64_t>(), first_match_rank.ptr<int64_t>(), average_precision.ptr<double>(),
                            inverse_negative_penalty.ptr<double>());
-  }
-}
-
-void cuhk03_draw_offsets(std::uintptr_t bit_generator, const ArrayView& images_per_identity,
-                         const ArrayView& own_identity, const ArrayView& num_matches, const ArrayView& offsets) {
-  check(bit_generator != 0, "bit_generator: expected the address of numpy's bitgen_t, got 0");
-  check(!offsets.on_cuda() && offsets.ndim() == 3 && offsets.dtype == DType::Int64,
-        "offsets: expected a host int64 array of shape (num_query, num_repeats, num_identities)");
-  const int64_t num_query = offsets.size(0), num_repeats = offsets.size(1), num_identities = offsets.size(2);
-  check(offsets.stride(2) == 1 && offsets.stride(1) == num_identities && offsets.stride(0) == num_repeats * num_identities,
-        "offsets: expected a contiguous array");
-  check_label_vector(images_per_identity, "images_per_identity", num_identities, "identities");
-  check_label_vector(own_identity, "own_identity", num_query, "queries");
-  check_label_vector(num_matches, "num_matches", num_query, "queries");
-  const int64_t* counts = images_per_identity.ptr<int64_t>();
-  const int64_t* own = own_identity.ptr<int64_t>();
-  const int64_t* matches = num_matches.ptr<int64_t>();
-  constexpr int64_t kMaxBound = int64_t{UINT32_MAX};
-  for (int64_t j = 0; j < num_identities; ++j) {
-    check(counts[j] >= 1 && counts[j] <= kMaxBound, "images_per_identity: expected values in [1, 2^32 - 1]");
-  }
-  for (int64_t q = 0; q < num_query; ++q) {
-    check(matches[q] >= 0 && matches[q] <= kMaxBound, "num_matches: expected values in [0, 2^32 - 1]");
-    check(matches[q] == 0 || (own[q] >= 0 && own[q] < num_identities),
-          "own_identity: expected values in [0, " + std::to_string(num_identities) + ") for queries with matches");
-  }
-  const NumpyBitGenerator& generator = *reinterpret_cast<const NumpyBitGenerator*>(bit_generator);
-  int64_t* out = offsets.ptr<int64_t>();
-  for (int64_t q = 0; q < num_query; ++q) {  // sequential: one stream, in numpy's element order
-    if (matches[q] == 0) continue;
-    for (int64_t r = 0; r < num_repeats; ++r) {
-      int64_t* row = out + (q * num_repeats + r) * num_identities;
-      for (int64_t j = 0; j < num_identities; ++j) {
-        row[j] = numpy_bounded_draw(generator, static_cast<uint64_t>(j == own[q] ? matches[q] : counts[j]));
-      }
-    }
-  }
-}
-
-void evaluate_cuhk03_sampled_ranks(const ArrayView& distmat, const ArrayView& q_pids, const ArrayView& g_pids,
-                                   const ArrayView& q_camids, const ArrayView& g_camids, const ArrayView& identity,
-                                   const ArrayView& offsets, const ArrayView& sampled_rank) {
-  check_ranking_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
-  const int64_t num_query = distmat.size(0), num_gallery = distmat.size(1);
-  check_label_vector(identity, "identity", num_gallery, "distmat columns");
-  check(!offsets.on_cuda() && offsets.ndim() == 3 && offsets.size(0) == num_query && offsets.dtype == DType::Int64,
-        "offsets: expected a host int64 array of shape (num_query, num_repeats, num_identities)");
-  const int64_t num_repeats = offsets.size(1), num_identities = offsets.size(2);
-  check(num_repeats >= 1 && num_identities >= 1, "offsets: expected num_repeats >= 1 and num_identities >= 1");
-  check(offsets.stride(2) == 1 && offsets.stride(1) == num_identities && offsets.stride(0) == num_repeats * num_identities,
-        "offsets: expected a contiguous array");
-  check(!sampled_rank.on_cuda() && sampled_rank.ndim() == 2 && sampled_rank.size(0) == num_query &&
-            sampled_rank.size(1) == num_repeats && sampled_rank.stride(1) == 1 && sampled_rank.stride(0) == num_repeats,
-        "sampled_rank: expected a contiguous host array of shape (num_query, num_repeats)");
-  check(sampled_rank.dtype == DType::Int64, std::string("sampled_rank: expected int64, got ") + dtype_name(sampled_rank.dtype));
-  const int64_t* identity_data = identity.ptr<int64_t>();
-  for (int64_t g = 0; g < num_gallery; ++g) {
-    check(identity_data[g] >= 0 && identity_data[g] < num_identities,
-          "identity: expected values in [0, " + std::to_string(num_identities) + "), got " +
-              std::to_string(identity_data[g]) + " at " + std::to_string(g));
-  }
-  if (num_query == 0) return;
-  if (distmat.dtype == DType::Float32) {
-    cuhk03_typed<float>(distmat, q_pids.ptr<int64_t>(), g_pids.ptr<int64_t>(), q_camids.ptr<int64_t>(),
-                        g_camids.ptr<int64_t>(), identity_data, offsets.ptr<int64_t>(), num_repeats, num_identities,
-                        sampled_rank.ptr<int64_t>());
-  } else {
-    cuhk03_typed<double>(distmat, q_pids.ptr<int64_t>(), g_pids.ptr<int64_t>(), q_camids.ptr<int64_t>(),
-                         g_camids.ptr<int64_t>(), identity_data, offsets.ptr<int64_t>(), num_repeats, num_identities,
-                         sampled_rank.ptr<int64_t>());
   }
 }
 

@@ -1,13 +1,6 @@
 // The fiber scheduler behind emulator.h: one fiber per CUDA thread, blocks run in turn.
+// Fiber switching and stacks are in fiber.cpp.
 #include "emulator.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#include <sanitizer/common_interface_defs.h>
-#endif
-#include <sys/mman.h>
-#include <ucontext.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -20,43 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
-// Fiber switches. On x86-64 Linux a 21-instruction switch of the callee-saved registers (the System V ABI's:
-// rbx, rbp, r12-r15, the MXCSR and x87 control words); elsewhere ucontext, whose swapcontext also saves the
-// signal mask with a system call per switch (several times slower: the emulator switches at every barrier).
-#if defined(__x86_64__) && defined(__linux__) && !defined(REIDFAST_EMULATOR_UCONTEXT)
-#define REIDFAST_EMULATOR_FAST_SWITCH 1
-extern "C" void reidfast_emulator_switch(void** save_stack, void* load_stack);
-asm(R"(
-.pushsection .text
-.globl reidfast_emulator_switch
-.hidden reidfast_emulator_switch
-.type reidfast_emulator_switch,@function
-reidfast_emulator_switch:
-  pushq %rbp
-  pushq %rbx
-  pushq %r12
-  pushq %r13
-  pushq %r14
-  pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
-  movq %rsp, (%rdi)
-  movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
-  popq %r15
-  popq %r14
-  popq %r13
-  popq %r12
-  popq %rbx
-  popq %rbp
-  ret
-.size reidfast_emulator_switch, .-reidfast_emulator_switch
-.popsection
-)");
-#endif
+#include "fiber.h"
 
 namespace reidfast {
 namespace emulator {
@@ -69,83 +26,8 @@ constexpr unsigned int kMaxGridX = 2147483647u;
 constexpr unsigned int kMaxGridYZ = 65535u;
 constexpr std::size_t kDefaultSharedLimit = 48 * 1024;  // without cudaFuncSetAttribute
 constexpr int kMaxSharedOptIn = 227 * 1024;             // sm_90 (H100): 227 KiB per block
-constexpr std::size_t kStackBytes = 256 * 1024;         // per fiber; kernels keep their arrays in "registers"
 
 enum class Wait { kNone, kBlock, kWarp };
-
-// A suspended execution context: its saved stack pointer, or a ucontext.
-struct Context {
-#ifdef REIDFAST_EMULATOR_FAST_SWITCH
-  void* stack_pointer = nullptr;
-#else
-  ucontext_t context;
-#endif
-  // The stack's extent, for AddressSanitizer's fiber annotations (the scheduler's is learnt on first switch).
-  const void* stack_bottom = nullptr;
-  std::size_t stack_size = 0;
-};
-
-#if defined(__SANITIZE_ADDRESS__)
-// Under -fsanitize=address (the emulator's memcheck build) ASan must be told about every stack switch.
-void sanitizer_enter(Context& load, void** fake_stack) {
-  __sanitizer_start_switch_fiber(fake_stack, load.stack_bottom, load.stack_size);
-}
-void sanitizer_arrived(void* fake_stack, Context* from) {
-  const void* bottom = nullptr;
-  std::size_t size = 0;
-  __sanitizer_finish_switch_fiber(fake_stack, &bottom, &size);
-  if (from != nullptr && from->stack_bottom == nullptr) {
-    from->stack_bottom = bottom;
-    from->stack_size = size;
-  }
-}
-#else
-void sanitizer_enter(Context&, void**) {}
-void sanitizer_arrived(void*, Context*) {}
-#endif
-
-void switch_context(Context& save, Context& load) {
-  void* fake_stack = nullptr;
-  sanitizer_enter(load, &fake_stack);
-#ifdef REIDFAST_EMULATOR_FAST_SWITCH
-  reidfast_emulator_switch(&save.stack_pointer, load.stack_pointer);
-#else
-  swapcontext(&save.context, &load.context);
-#endif
-  sanitizer_arrived(fake_stack, nullptr);
-}
-
-void fiber_main();
-
-// Prepares `context` to start fiber_main on the stack [stack, stack + bytes).
-void make_context(Context& context, char* stack, std::size_t bytes) {
-#if defined(__SANITIZE_ADDRESS__)
-  ASAN_UNPOISON_MEMORY_REGION(stack, bytes);  // frames of the stack's previous fiber, which never returned
-#endif
-#ifdef REIDFAST_EMULATOR_FAST_SWITCH
-  // The frame reidfast_emulator_switch pops: control words, r15..r12, rbx, rbp, then `ret` to fiber_main
-  // with the stack as after a call (rsp = 8 mod 16). fiber_main never returns.
-  auto* top = reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t{15});
-  std::uint64_t* frame = top - 2;  // top - 1: fiber_main's (never used) return address
-  frame[0] = reinterpret_cast<std::uint64_t>(&fiber_main);
-  frame -= 6;
-  std::fill(frame, frame + 6, std::uint64_t{0});  // rbp, rbx, r12-r15 of the new fiber
-  frame -= 1;
-  std::uint32_t mxcsr;
-  std::uint16_t x87_control;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(x87_control));
-  std::memcpy(frame, &mxcsr, 4);
-  std::memcpy(reinterpret_cast<char*>(frame) + 4, &x87_control, 2);
-  context.stack_pointer = frame;
-#else
-  getcontext(&context.context);
-  context.context.uc_stack.ss_sp = stack;
-  context.context.uc_stack.ss_size = bytes;
-  context.context.uc_link = nullptr;  // fiber_main never returns
-  makecontext(&context.context, fiber_main, 0);
-#endif
-}
 
 struct Fiber {
   Context context;
@@ -156,25 +38,6 @@ struct Fiber {
   std::uint64_t warp_arrivals = 0;
   Wait wait = Wait::kNone;
   bool finished = false;
-};
-
-// Fiber stacks, kept for the life of the process (mmap'd, each with a guard page below it).
-class StackPool {
- public:
-  char* get(std::size_t index) {
-    while (stacks_.size() <= index) {
-      const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-      void* memory = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (memory == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot map a fiber stack");
-      mprotect(memory, page, PROT_NONE);  // a stack overflow faults instead of corrupting a neighbour
-      stacks_.push_back(static_cast<char*>(memory) + page);
-    }
-    return stacks_[index];
-  }
-
- private:
-  std::vector<char*> stacks_;
 };
 
 struct Block {
@@ -309,7 +172,7 @@ void run_block(Block& block, const uint3& block_index) {
     fiber.linear = linear;
     fiber.thread = uint3{linear % shape.x, (linear / shape.x) % shape.y, linear / (shape.x * shape.y)};
     fiber.stack = stack_pool.get(static_cast<std::size_t>(linear));
-    make_context(fiber.context, fiber.stack, kStackBytes);
+    make_context(fiber.context, fiber.stack, kStackBytes, fiber_main);
     fiber.context.stack_bottom = fiber.stack;
     fiber.context.stack_size = kStackBytes;
   }

@@ -213,7 +213,7 @@ MSMT17_LINE_EXPECTED = (
 def _msmt17_dirs(root: Path, version: str) -> tuple[Path, Path, Path]:
     """Find (list folder, train image folder, test image folder) for `version` in V1/V2/auto."""
     if version not in ("auto", "V1", "V2", *MSMT17_VERSIONS):
-        raise ValueError(f"version must be 'auto', 'V1' or 'V2', got {version!r}")
+        raise ValueError(f"version: expected 'auto', 'V1' or 'V2', got {version!r}")
     wanted = list(MSMT17_VERSIONS) if version == "auto" else ["MSMT17_" + version[-2:]]
     for folder_name in wanted:
         train_sub, test_sub = MSMT17_VERSIONS[folder_name]

@@ -40,10 +40,10 @@ class PKSampler(Sampler[int]):
                  seed: int = 0):
         self.pids = _as_pid_list(pids)
         if num_instances < 1:
-            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+            raise ValueError(f"num_instances: expected >= 1, got {num_instances}")
         if batch_size < num_instances or batch_size % num_instances != 0:
-            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of num_instances "
-                             f"({num_instances})")
+            raise ValueError(f"batch_size: expected a positive multiple of num_instances ({num_instances}), "
+                             f"got {batch_size}")
         self.num_instances = num_instances
         self.batch_size = batch_size
         self.num_pids_per_batch = batch_size // num_instances

@@ -165,6 +165,142 @@ def _zipf_counts(rng: np.random.Generator, n: int, a: float, lo: int, hi: int) -
 # --------------------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------------------
+def _synthetic_params(num_train_ids: int, num_test_ids: int, num_cameras: int, seed: int,
+                      image_size: tuple[int, int], zipf_a: float, max_images_per_id: int, junk_fraction: float,
+                      distractor_fraction: float, jpeg_quality: int) -> dict[str, Any]:
+    """The checked parameters, as the marker records them."""
+    if num_cameras < 2:
+        raise ValueError(f"num_cameras: expected >= 2 (test identities need a cross-camera gallery image), "
+                         f"got {num_cameras}")
+    if num_cameras > 9:
+        raise ValueError(f"num_cameras: expected <= 9 (Market-1501 filenames hold a 1-digit camera id), "
+                         f"got {num_cameras}")
+    for name, value in (("num_train_ids", num_train_ids), ("num_test_ids", num_test_ids)):
+        if value < 1:
+            raise ValueError(f"{name}: expected >= 1, got {value}")
+    if num_train_ids + num_test_ids > 9998:
+        raise ValueError(f"num_train_ids + num_test_ids: expected <= 9998 (the 4-digit Market-1501 pid), "
+                         f"got {num_train_ids + num_test_ids}")
+    H, W = int(image_size[0]), int(image_size[1])
+    if H < 16 or W < 8:
+        raise ValueError(f"image_size: expected (height, width) of at least (16, 8), got {tuple(image_size)}")
+    return {
+        "version": SYNTHETIC_VERSION,
+        "num_train_ids": int(num_train_ids),
+        "num_test_ids": int(num_test_ids),
+        "num_cameras": int(num_cameras),
+        "seed": int(seed),
+        "image_size": [H, W],
+        "zipf_a": float(zipf_a),
+        "max_images_per_id": int(max_images_per_id),
+        "junk_fraction": float(junk_fraction),
+        "distractor_fraction": float(distractor_fraction),
+        "jpeg_quality": int(jpeg_quality),
+    }
+
+
+def _reuse_or_clear(root: Path, params: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The stats of the complete dataset with these params already in `root`, else None after removing the
+    files of an earlier one (its marker lists them). Never touches a folder that is not ours."""
+    marker = root / MARKER_NAME
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a directory")
+    if not (root.is_dir() and any(root.iterdir())):
+        return None
+    if not marker.is_file():
+        raise FileExistsError(
+            f"refusing to write a synthetic dataset into non-empty folder {root}: it has no {MARKER_NAME} "
+            "marker, so it is not a dataset made by make_synthetic_reid (choose an empty or new folder)"
+        )
+    try:
+        old = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise FileExistsError(f"{marker} is unreadable ({exc}); refusing to touch {root}") from exc
+    files_ok = old.get("complete") and all((root / f).is_file() for f in old.get("files", []))
+    if old.get("params") == params and files_ok:
+        return dict(old["stats"])
+    if old.get("params") != params and not overwrite:
+        raise FileExistsError(
+            f"{root} holds a synthetic dataset made with other parameters ({old.get('params')}); "
+            "pass overwrite=True to regenerate it"
+        )
+    for f in old.get("files", []):  # ours: remove only the files the marker lists
+        p = root / f
+        if p.is_file():
+            p.unlink()
+    marker.unlink()
+    return None
+
+
+class _ImageWriter:
+    """Renders and saves the dataset's images with Market-1501 names, drawing from one generator in order."""
+
+    def __init__(self, root: Path, rng: np.random.Generator, num_cameras: int, size: tuple[int, int],
+                 jpeg_quality: int):
+        self.root, self.rng, self.num_cameras, self.size, self.jpeg_quality = root, rng, num_cameras, size, jpeg_quality
+        self.cameras = [_random_camera(rng) for _ in range(num_cameras)]
+        yy, xx = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
+        self.grid = (yy, xx)
+        self.frame = np.zeros(num_cameras, dtype=np.int64)
+        self.files: list[str] = []
+        self._seen: set[str] = set()
+
+    def emit(self, split: str, pid: int, cam: int, ident: dict | None, junk: bool = False) -> None:
+        self.frame[cam] += int(self.rng.integers(1, 200))
+        det = int(self.rng.integers(1, 9))
+        pid_str = "-1" if pid < 0 else f"{pid:04d}"
+        name = f"{pid_str}_c{cam + 1}s1_{int(self.frame[cam]):06d}_{det:02d}.jpg"
+        assert name not in self._seen
+        self._seen.add(name)
+        rel = f"{split}/{name}"
+        _render(ident, self.cameras[cam], self.rng, self.size, self.grid, self.jpeg_quality, self.root / rel, junk=junk)
+        self.files.append(rel)
+
+
+def _write_train(writer: _ImageWriter, train_pids: np.ndarray, idents: dict[int, dict], zipf_a: float,
+                 max_images_per_id: int) -> np.ndarray:
+    """Long-tailed images per identity, spread over at least two cameras when possible; -> counts."""
+    rng, num_cameras = writer.rng, writer.num_cameras
+    train_counts = _zipf_counts(rng, len(train_pids), zipf_a, 2, max_images_per_id)
+    for pid, n in zip(train_pids, train_counts):
+        home = rng.choice(num_cameras, size=min(num_cameras, int(rng.integers(2, num_cameras + 1))), replace=False)
+        for i in range(int(n)):
+            cam = int(home[i % len(home)]) if i < len(home) else int(rng.choice(home))
+            writer.emit("bounding_box_train", int(pid), cam, idents[int(pid)])
+    return train_counts
+
+
+def _write_test(writer: _ImageWriter, test_pids: np.ndarray, idents: dict[int, dict], zipf_a: float,
+                max_images_per_id: int) -> tuple[np.ndarray, int]:
+    """One query per identity, gallery images in other cameras (sometimes one in the query's);
+    -> (other-camera gallery counts, number of same-camera gallery images)."""
+    rng, num_cameras = writer.rng, writer.num_cameras
+    gal_counts = _zipf_counts(rng, len(test_pids), zipf_a, 1, max_images_per_id)
+    same_cam = 0
+    for pid, n in zip(test_pids, gal_counts):
+        qcam = int(rng.integers(num_cameras))
+        writer.emit("query", int(pid), qcam, idents[int(pid)])
+        others = [c for c in range(num_cameras) if c != qcam]
+        for i in range(int(n)):
+            cam = others[int(rng.integers(len(others)))]
+            writer.emit("bounding_box_test", int(pid), cam, idents[int(pid)])
+        if rng.random() < 0.3:
+            writer.emit("bounding_box_test", int(pid), qcam, idents[int(pid)])
+            same_cam += 1
+    return gal_counts, same_cam
+
+
+def _write_junk_and_distractors(writer: _ImageWriter, num_junk: int, num_distractors: int) -> None:
+    rng = writer.rng
+    for _ in range(num_junk):  # fragments or pure background
+        cam = int(rng.integers(writer.num_cameras))
+        ident = _random_identity(rng) if rng.random() < 0.5 else None
+        writer.emit("bounding_box_test", -1, cam, ident, junk=True)
+    for _ in range(num_distractors):  # people not among the identities
+        cam = int(rng.integers(writer.num_cameras))
+        writer.emit("bounding_box_test", 0, cam, _random_identity(rng))
+
+
 def make_synthetic_reid(
     root: str | os.PathLike,
     num_train_ids: int = 100,
@@ -191,62 +327,14 @@ def make_synthetic_reid(
     Raises ``FileExistsError`` if ``root`` is non-empty and not a synthetic dataset written by this function,
     or if it holds one made with different parameters and ``overwrite`` is false.
     """
-    if num_cameras < 2:
-        raise ValueError("num_cameras must be >= 2 (test identities need a cross-camera gallery image)")
-    if num_train_ids < 1 or num_test_ids < 1:
-        raise ValueError("num_train_ids and num_test_ids must be >= 1")
-    if num_train_ids + num_test_ids > 9998:
-        raise ValueError("at most 9998 identities fit the 4-digit Market-1501 pid")
-    if num_cameras > 9:
-        raise ValueError("Market-1501 filenames hold a 1-digit camera id (num_cameras <= 9)")
-    H, W = int(image_size[0]), int(image_size[1])
-    if H < 16 or W < 8:
-        raise ValueError("image_size (height, width) must be at least (16, 8)")
-    params = {
-        "version": SYNTHETIC_VERSION,
-        "num_train_ids": int(num_train_ids),
-        "num_test_ids": int(num_test_ids),
-        "num_cameras": int(num_cameras),
-        "seed": int(seed),
-        "image_size": [H, W],
-        "zipf_a": float(zipf_a),
-        "max_images_per_id": int(max_images_per_id),
-        "junk_fraction": float(junk_fraction),
-        "distractor_fraction": float(distractor_fraction),
-        "jpeg_quality": int(jpeg_quality),
-    }
+    params = _synthetic_params(num_train_ids, num_test_ids, num_cameras, seed, image_size, zipf_a,
+                               max_images_per_id, junk_fraction, distractor_fraction, jpeg_quality)
     root = Path(root)
     marker = root / MARKER_NAME
     start = time.perf_counter()
-
-    if root.exists() and not root.is_dir():
-        raise FileExistsError(f"{root} exists and is not a directory")
-    if root.is_dir() and any(root.iterdir()):
-        if not marker.is_file():
-            raise FileExistsError(
-                f"refusing to write a synthetic dataset into non-empty folder {root}: it has no {MARKER_NAME} "
-                "marker, so it is not a dataset made by make_synthetic_reid (choose an empty or new folder)"
-            )
-        try:
-            old = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            raise FileExistsError(f"{marker} is unreadable ({exc}); refusing to touch {root}") from exc
-        files_ok = old.get("complete") and all((root / f).is_file() for f in old.get("files", []))
-        if old.get("params") == params and files_ok:
-            stats = dict(old["stats"])
-            stats.update(root=str(root), reused=True, elapsed_s=time.perf_counter() - start)
-            return stats
-        if old.get("params") != params and not overwrite:
-            raise FileExistsError(
-                f"{root} holds a synthetic dataset made with other parameters ({old.get('params')}); "
-                "pass overwrite=True to regenerate it"
-            )
-        # ours: remove only the files the marker lists
-        for f in old.get("files", []):
-            p = root / f
-            if p.is_file():
-                p.unlink()
-        marker.unlink()
+    reused = _reuse_or_clear(root, params, overwrite)
+    if reused is not None:
+        return dict(reused, root=str(root), reused=True, elapsed_s=time.perf_counter() - start)
 
     root.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
@@ -254,61 +342,17 @@ def make_synthetic_reid(
     marker.write_text(json.dumps({"params": params, "complete": False, "files": []}))
 
     rng = np.random.default_rng(seed)
-    cams = [_random_camera(rng) for _ in range(num_cameras)]
-    n_ids = num_train_ids + num_test_ids
-    pids = rng.choice(np.arange(1, 10000), n_ids, replace=False)
+    writer = _ImageWriter(root, rng, num_cameras, tuple(params["image_size"]), jpeg_quality)
+    pids = rng.choice(np.arange(1, 10000), num_train_ids + num_test_ids, replace=False)
     train_pids = np.sort(pids[:num_train_ids])
     test_pids = np.sort(pids[num_train_ids:])
     idents = {int(p): _random_identity(rng) for p in np.sort(pids)}
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    grid = (yy, xx)
-    frame = np.zeros(num_cameras, dtype=np.int64)
-    files: list[str] = []
-    seen: set[str] = set()
-
-    def emit(split: str, pid: int, cam: int, ident: dict | None, junk: bool = False) -> None:
-        frame[cam] += int(rng.integers(1, 200))
-        det = int(rng.integers(1, 9))
-        pid_str = "-1" if pid < 0 else f"{pid:04d}"
-        name = f"{pid_str}_c{cam + 1}s1_{int(frame[cam]):06d}_{det:02d}.jpg"
-        assert name not in seen
-        seen.add(name)
-        rel = f"{split}/{name}"
-        _render(ident, cams[cam], rng, (H, W), grid, jpeg_quality, root / rel, junk=junk)
-        files.append(rel)
-
-    # train: long-tailed counts, cameras spread over at least two cameras when possible
-    train_counts = _zipf_counts(rng, num_train_ids, zipf_a, 2, max_images_per_id)
-    for pid, n in zip(train_pids, train_counts):
-        home = rng.choice(num_cameras, size=min(num_cameras, int(rng.integers(2, num_cameras + 1))), replace=False)
-        for i in range(int(n)):
-            cam = int(home[i % len(home)]) if i < len(home) else int(rng.choice(home))
-            emit("bounding_box_train", int(pid), cam, idents[int(pid)])
-
-    # test: one query per identity, gallery in other cameras (+ sometimes same camera)
-    gal_counts = _zipf_counts(rng, num_test_ids, zipf_a, 1, max_images_per_id)
-    same_cam = 0
-    for pid, n in zip(test_pids, gal_counts):
-        qcam = int(rng.integers(num_cameras))
-        emit("query", int(pid), qcam, idents[int(pid)])
-        others = [c for c in range(num_cameras) if c != qcam]
-        for i in range(int(n)):
-            cam = others[int(rng.integers(len(others)))]
-            emit("bounding_box_test", int(pid), cam, idents[int(pid)])
-        if rng.random() < 0.3:
-            emit("bounding_box_test", int(pid), qcam, idents[int(pid)])
-            same_cam += 1
-
+    train_counts = _write_train(writer, train_pids, idents, zipf_a, max_images_per_id)
+    gal_counts, same_cam = _write_test(writer, test_pids, idents, zipf_a, max_images_per_id)
     n_gallery_ids = int(gal_counts.sum()) + same_cam
     n_junk = max(1, int(round(junk_fraction * n_gallery_ids)))
     n_distract = max(1, int(round(distractor_fraction * n_gallery_ids)))
-    for _ in range(n_junk):  # fragments or pure background
-        cam = int(rng.integers(num_cameras))
-        ident = _random_identity(rng) if rng.random() < 0.5 else None
-        emit("bounding_box_test", -1, cam, ident, junk=True)
-    for _ in range(n_distract):  # people not among the identities
-        cam = int(rng.integers(num_cameras))
-        emit("bounding_box_test", 0, cam, _random_identity(rng))
+    _write_junk_and_distractors(writer, n_junk, n_distract)
 
     stats = {
         "root": str(root),
@@ -322,12 +366,12 @@ def make_synthetic_reid(
         "num_junk": int(n_junk),
         "num_distractors": int(n_distract),
         "train_images_per_id": {f"{int(p):04d}": int(n) for p, n in zip(train_pids, train_counts)},
-        "image_size": [H, W],
+        "image_size": params["image_size"],
         "seed": int(seed),
     }
-    marker.write_text(json.dumps({"params": params, "complete": True, "files": files, "stats": stats}, indent=0))
-    stats = dict(stats, reused=False, elapsed_s=time.perf_counter() - start)
-    return stats
+    marker.write_text(json.dumps({"params": params, "complete": True, "files": writer.files, "stats": stats},
+                                 indent=0))
+    return dict(stats, reused=False, elapsed_s=time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _pair(size, name: str) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+        raise ValueError(f"{name}: expected a positive int or (height, width), got {size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -106,7 +106,7 @@ class RandomHorizontalFlip:
 
     def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+            raise ValueError(f"p: expected a probability in [0, 1], got {p}")
         self.p, self.generator = p, generator
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class Pad:
         if isinstance(padding, int):
             padding = (padding, padding)
         if len(padding) != 2 or any(int(p) < 0 for p in padding):
-            raise ValueError(f"padding must be an int >= 0 or (horizontal, vertical), got {padding!r}")
+            raise ValueError(f"padding: expected an int >= 0 or (horizontal, vertical), got {padding!r}")
         self.padding, self.fill = (int(padding[0]), int(padding[1])), fill
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -170,11 +170,11 @@ class RandomErasing:
                  ratio: tuple[float, float] = (0.3, 1 / 0.3), value: float | Sequence[float] = 0.0,
                  generator: torch.Generator | None = None):
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+            raise ValueError(f"p: expected a probability in [0, 1], got {p}")
         if not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+            raise ValueError(f"scale: expected 0 < low <= high <= 1, got {scale}")
         if not 0.0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < low <= high, got {ratio}")
+            raise ValueError(f"ratio: expected 0 < low <= high, got {ratio}")
         self.p, self.scale, self.ratio, self.value, self.generator = p, scale, ratio, value, generator
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -212,7 +212,7 @@ class Normalize:
         if self.mean.numel() != self.std.numel():
             raise ValueError(f"mean and std need the same length, got {len(mean)} and {len(std)}")
         if bool((self.std <= 0).any()):
-            raise ValueError(f"std must be positive, got {tuple(std)}")
+            raise ValueError(f"std: expected positive values, got {tuple(std)}")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         _check_image(image, "Normalize")

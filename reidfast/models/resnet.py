@@ -52,12 +52,12 @@ class ResNetBackbone(nn.Module):
                  in_channels: int = 3) -> None:
         super().__init__()
         if width < 1:
-            raise ValueError(f"width must be a positive integer, got {width}")
+            raise ValueError(f"width: expected a positive integer, got {width}")
         layers = tuple(int(n) for n in layers)
         if not layers or any(n < 1 for n in layers):
-            raise ValueError(f"layers must be a non-empty sequence of positive block counts, got {layers}")
+            raise ValueError(f"layers: expected a non-empty sequence of positive block counts, got {layers}")
         if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+            raise ValueError(f"last_stride: expected 1 or 2, got {last_stride}")
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
             nn.BatchNorm2d(width),
@@ -144,11 +144,11 @@ class ReIDModel(nn.Module):
                  image_size: tuple[int, int] = (128, 64)) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+            raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
         if backbone is None:
             backbone = ResNetBackbone(width, layers, last_stride)
         elif not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
+            raise TypeError(f"backbone: expected an nn.Module, got {type(backbone).__name__}")
         self.backbone = backbone
         if feature_dim is None:
             feature_dim = getattr(backbone, "out_channels", None)
@@ -165,7 +165,7 @@ class ReIDModel(nn.Module):
         if out.dim() == 4:
             out = self.pool(out).flatten(1)
         elif out.dim() != 2:
-            raise ValueError(f"backbone output must be (B, C, h, w) or (B, C), got shape {tuple(out.shape)}")
+            raise ValueError(f"backbone output: expected (B, C, h, w) or (B, C), got shape {tuple(out.shape)}")
         if out.shape[1] != self.feature_dim:
             raise ValueError(f"backbone returned {out.shape[1]} features, expected feature_dim={self.feature_dim}")
         return out

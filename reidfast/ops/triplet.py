@@ -348,8 +348,8 @@ def batch_hard_triplet_loss(
         loss = loss_per_anchor.sum() / valid.sum().clamp_min(1).to(loss_per_anchor.dtype)
     if not return_details:
         return loss
-    num_valid = int(valid.sum())
     active = valid if margin == reference.SOFT_MARGIN else valid & (gap + margin > 0)
+    num_valid, num_active = torch.stack([valid.sum(), active.sum()]).tolist()  # one host sync for both counts
     details = TripletDetails(
         loss_per_anchor=loss_per_anchor.detach(),
         dist_ap=dist_ap.detach(),
@@ -358,6 +358,6 @@ def batch_hard_triplet_loss(
         hardest_negative=negative,
         valid=valid,
         num_valid=num_valid,
-        fraction_active=float(active.sum()) / num_valid if num_valid else 0.0,
+        fraction_active=num_active / num_valid if num_valid else 0.0,
     )
     return loss, details

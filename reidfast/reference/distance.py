@@ -26,7 +26,7 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, metric: st
     Differentiable through autograd; y=None means y = x.
     """
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
     y = x if y is None else y
     dtype = accumulation_dtype(torch.promote_types(x.dtype, y.dtype))
     x, y = x.to(dtype), y.to(dtype)

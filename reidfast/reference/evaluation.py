@@ -214,23 +214,23 @@ def cut_max_rank(max_rank: int, num_gallery: int) -> int:
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise ValueError(f"{name}: expected an integer >= 1, got {value}")
 
 
 def _as_label_vector(name: str, values, expected_length: int, length_source: str) -> np.ndarray:
     """Integer-like labels (ints, or floats with integral values) -> int64 (N,)."""
     array = np.asarray(values)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+        raise ValueError(f"{name}: expected a 1-D array of labels, got shape {array.shape}")
     if array.shape[0] != expected_length:
-        raise ValueError(f"{name} has length {array.shape[0]} but distmat has {expected_length} {length_source}")
+        raise ValueError(f"{name}: expected length {expected_length} (distmat's {length_source}), got {array.shape[0]}")
     if array.dtype.kind in "iu":
         return array.astype(np.int64, copy=False)
     if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
         return array.astype(np.int64)
-    raise ValueError(f"{name} must hold integer labels, got dtype {array.dtype}" + (
+    raise ValueError(f"{name}: expected integer labels, got dtype {array.dtype}" + (
         " with non-integral values" if array.dtype.kind == "f" else ""
     ))
 
@@ -239,14 +239,14 @@ def _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     """Check shapes and dtypes; returns numpy arrays and the effective max_rank (<= num_gallery)."""
     distmat = np.asarray(distmat)
     if distmat.ndim != 2:
-        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {distmat.shape}")
+        raise ValueError(f"distmat: expected a 2-D (num_query, num_gallery) array, got shape {distmat.shape}")
     if distmat.dtype.kind not in "fiu":
-        raise ValueError(f"distmat must be a real numeric array, got dtype {distmat.dtype}")
+        raise ValueError(f"distmat: expected real distances, got dtype {distmat.dtype}")
     num_query, num_gallery = distmat.shape
     if num_query == 0 or num_gallery == 0:
-        raise ValueError(f"distmat must have at least one query row and one gallery column, got shape {distmat.shape}")
+        raise ValueError(f"distmat: expected at least one query row and one gallery column, got shape {distmat.shape}")
     if distmat.dtype.kind == "f" and np.isnan(distmat).any():
-        raise ValueError("distmat contains NaN; distances must be comparable (inf is allowed)")
+        raise ValueError("distmat: expected comparable distances (inf is allowed), got NaN")
     q_pids = _as_label_vector("q_pids", q_pids, num_query, "rows (queries)")
     q_camids = _as_label_vector("q_camids", q_camids, num_query, "rows (queries)")
     g_pids = _as_label_vector("g_pids", g_pids, num_gallery, "columns (gallery items)")

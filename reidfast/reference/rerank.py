@@ -149,13 +149,13 @@ def re_ranking_features(
     given such a distmat.
     """
     if metric not in RERANK_METRICS:
-        raise ValueError(f"metric must be one of {RERANK_METRICS}, got {metric!r}")
+        raise ValueError(f"metric: expected one of {RERANK_METRICS}, got {metric!r}")
     query = check_rerank_features(query_features, "query_features")
     gallery = check_rerank_features(gallery_features, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(
-            "query_features and gallery_features must have the same feature dimension, "
-            f"got {query.shape[1]} and {gallery.shape[1]}"
+            f"gallery_features: expected the same feature dimension as query_features ({query.shape[1]}), "
+            f"got {gallery.shape[1]}"
         )
     query_t, gallery_t = torch.from_numpy(query), torch.from_numpy(gallery)
     with torch.no_grad():

@@ -158,7 +158,7 @@ _batch_hard_mine_tuned = triton.autotune(
 def _check_index_vector(name: str, values: torch.Tensor, length: int, device: torch.device) -> None:
     wrong = values.dtype != torch.int64 or values.shape != (length,) or values.device != device
     if wrong or not values.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous int64 ({length},) tensor on {device}, "
+        raise ValueError(f"{name}: expected a contiguous int64 ({length},) tensor on {device}, "
                          f"got {tuple(values.shape)} {values.dtype} on {values.device}")
 
 
@@ -179,7 +179,7 @@ def batch_hard_mine(
     (float64 for float64 inputs), 0 where there is none; indices int64, -1 where there is none.
     """
     if metric not in METRIC_CODES:
-        raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
+        raise ValueError(f"metric: expected one of {tuple(METRIC_CODES)}, got {metric!r}")
     check_features("anchors", anchors)
     check_features("candidates", candidates)
     mismatch = candidates.dtype != anchors.dtype or candidates.device != anchors.device

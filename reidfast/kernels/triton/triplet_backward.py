@@ -223,7 +223,7 @@ def _blocks(dim: int) -> tuple[dict, dict]:
 def _check_vector(name: str, values: torch.Tensor, length: int, dtype: torch.dtype, device: torch.device) -> None:
     wrong = values.dtype != dtype or values.shape != (length,) or values.device != device
     if wrong or not values.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous {dtype} ({length},) tensor on {device}, "
+        raise ValueError(f"{name}: expected a contiguous {dtype} ({length},) tensor on {device}, "
                          f"got {tuple(values.shape)} {values.dtype} on {values.device}")
 
 
@@ -252,7 +252,7 @@ def batch_hard_mine_backward(
     (grad_anchors, None) where grad_anchors holds both the anchor and the candidate parts.
     """
     if metric not in METRIC_CODES:
-        raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
+        raise ValueError(f"metric: expected one of {tuple(METRIC_CODES)}, got {metric!r}")
     check_features("anchors", anchors)
     same_rows = candidates is None
     rows = anchors if same_rows else candidates
