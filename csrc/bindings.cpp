@@ -77,24 +77,8 @@ py::dict build_info() {
   return info;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "reidfast native kernels (C++/OpenMP, optional CUDA). Internal: use the reidfast package API.";
-
-  reidfast::bindings::add_array_view(m, /*module_local=*/false);
-
-  m.def("build_info", &build_info, "Compiler, OpenMP and CUDA versions this module was built with.");
-  m.def(
-      "set_num_threads",
-      [](int threads) {
-        reidfast::check(threads >= 1, "threads: expected a positive count, got " + std::to_string(threads));
-#ifdef _OPENMP
-        omp_set_num_threads(threads);  // this module's OpenMP runtime, for parallel regions the calling thread starts
-#endif
-      },
-      py::arg("threads"), "The OpenMP thread count of the kernels called from this thread (reidfast follows torch's).");
-
+// The epilogues over a given Gram matrix, batch-hard mining and its backward, Market-1501 evaluation.
+void add_distance_and_loss_bindings(py::module_& m) {
   m.def(
       "distance_epilogue_cpu",
       [](const ArrayView& gram, const ArrayView& x_sq_norms, const ArrayView& y_sq_norms, int metric,
@@ -153,6 +137,10 @@ PYBIND11_MODULE(_C, m) {
       py::arg("anchors"), py::arg("candidates"), py::arg("positive_index"), py::arg("negative_index"),
       py::arg("positive_weight"), py::arg("negative_weight"), py::arg("grad_anchors"), py::arg("grad_candidates"));
 
+}
+
+// k-NN pass and the finish of k-reciprocal re-ranking (cpu/rerank.h), dense and sparse.
+void add_rerank_bindings(py::module_& m) {
   m.def("rerank_half_k1", &reidfast::cpu::rerank_half_k1, py::arg("k1"));
   m.def(
       "rerank_topk_block_cpu",
@@ -224,6 +212,10 @@ PYBIND11_MODULE(_C, m) {
       py::arg("bit_generator"), py::arg("images_per_identity"), py::arg("own_identity"), py::arg("num_matches"),
       py::arg("offsets"));
 
+}
+
+// The fused SIMD distance kernels and evaluate_features' rank counting (cpu/gemm_kernels.h, cpu/rank_count.h).
+void add_fused_kernel_bindings(py::module_& m) {
   // Fused SIMD distance kernels; kernel: 0 auto, 1 avx2, 2 avx512 (reidfast/ops/distance.py: GEMM_KERNEL_CODES).
   m.def("cpu_gemm_kernels", &reidfast::cpu::supported_gemm_kernels,
         "The fused SIMD micro-kernels this module has and this CPU runs, widest first.");
@@ -308,6 +300,29 @@ PYBIND11_MODULE(_C, m) {
       py::arg("item_labels").none(true), py::arg("groups").none(true), py::arg("num_groups"), py::arg("histogram"),
       py::arg("row_max").none(true) = nullptr, py::arg("keep") = 0.0f, py::arg("blend") = 1.0f,
       py::arg("kernel") = 0);
+
+}
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "reidfast native kernels (C++/OpenMP, optional CUDA). Internal: use the reidfast package API.";
+
+  reidfast::bindings::add_array_view(m, /*module_local=*/false);
+
+  m.def("build_info", &build_info, "Compiler, OpenMP and CUDA versions this module was built with.");
+  m.def(
+      "set_num_threads",
+      [](int threads) {
+        reidfast::check(threads >= 1, "threads: expected a positive count, got " + std::to_string(threads));
+#ifdef _OPENMP
+        omp_set_num_threads(threads);  // this module's OpenMP runtime, for parallel regions the calling thread starts
+#endif
+      },
+      py::arg("threads"), "The OpenMP thread count of the kernels called from this thread (reidfast follows torch's).");
+
+  add_distance_and_loss_bindings(m);
+  add_rerank_bindings(m);
+  add_fused_kernel_bindings(m);
 
   // [bindings: cpu]  (marker: add CPU bindings above)
 

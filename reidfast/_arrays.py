@@ -76,7 +76,8 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         return
     if has_nonfinite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name}: contains {bad} NaN/Inf value(s); clean the features or pass allow_nonfinite=True")
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/Inf value(s); clean the features or "
+                         "pass allow_nonfinite=True where the op has it")
 
 
 def has_nonfinite(tensor: torch.Tensor) -> bool:

@@ -305,8 +305,8 @@ def test_numpy_and_mixed_dtypes():
         (torch.randn(3, 0), None, {}, "x: expected at least one row and one feature"),
         (torch.randn(3, 4), torch.randn(0, 4), {}, "y: expected at least one row"),
         (torch.ones(3, 4, dtype=torch.int64), None, {}, "x: expected a floating dtype"),
-        (torch.tensor([[1.0, float("nan")]]), None, {}, "x: contains 1 NaN/Inf"),
-        (torch.randn(2, 2), torch.tensor([[float("inf"), 0.0]]), {}, "y: contains 1 NaN/Inf"),
+        (torch.tensor([[1.0, float("nan")]]), None, {}, "x: expected finite values, got 1 NaN/Inf"),
+        (torch.randn(2, 2), torch.tensor([[float("inf"), 0.0]]), {}, "y: expected finite values, got 1 NaN/Inf"),
         (torch.randn(2, 2), None, {"metric": "manhattan"}, "metric: expected one of"),
     ],
 )

@@ -229,10 +229,10 @@ def test_bad_input():
         call(g=gallery[:0], g_pids=g_pids[:0], g_camids=g_camids[:0])
     bad = gallery.clone()
     bad[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="gallery_feats: contains 1 NaN/Inf"):
+    with pytest.raises(ValueError, match="gallery_feats: expected finite values, got 1 NaN/Inf"):
         call(g=bad)
     bad[3, 1] = float("inf")
-    with pytest.raises(ValueError, match="gallery_feats: contains 1 NaN/Inf"):
+    with pytest.raises(ValueError, match="gallery_feats: expected finite values, got 1 NaN/Inf"):
         call(g=bad)
     with pytest.raises(ValueError, match="metric: expected one of"):
         call(metric="manhattan")

@@ -12,11 +12,9 @@ import torch
 import reidfast
 from conftest import device_backend_params
 
-# The CPU kernels (csrc/cpu/gemm_kernels.cpp, branch fuse) read x's norms from y's norm buffer whenever x is
-# y, also when x has more rows than y: rows past y's end get garbage distances (NaN seen). The mining
-# kernel tests "same input" as rows == cols and its epilogue never zeroes the self lanes.
-CPU_REUSES_NORMS_PAST_Y = "CPU same-input norm reuse when x has more rows than y (fix on branch fuse)"
-CPU_MINING_IGNORES_RULE = "CPU mining does not make the self distance exact (fix on branch fuse)"
+# Regression tests: the CPU kernels read x's norms from y's norm buffer whenever x was y, also when x had more
+# rows than y (rows past y's end got garbage distances, NaN seen); CPU mining tested "same input" as
+# rows == cols and never zeroed the self lanes.
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
@@ -42,9 +40,6 @@ def test_distances_of_overlapping_views_equal_those_of_copies(device, backend, r
         copied = reidfast.pairwise_distance(x.clone(), y.clone(), metric="sqeuclidean")
     error = (shared.double() - copied.double()).abs()
     bound = _squared_distance_bound(x, y).to(error.device)
-    if backend == "cpu" and rows > cols:
-        assert not bool((error <= bound).all())  # the known bug: remove this branch with fuse's fix
-        pytest.xfail(CPU_REUSES_NORMS_PAST_Y)
     assert bool((error <= bound).all()), f"worst entry {error.max().item()} (bound {bound.max().item()})"
 
 
@@ -58,9 +53,6 @@ def test_neighbours_of_overlapping_views_equal_those_of_copies(device, backend, 
         copied, _ = reidfast.topk_distance(x.clone(), y.clone(), k=3, metric="sqeuclidean")
     error = (shared.double() - copied.double()).abs()
     bound = _squared_distance_bound(x, y).max().item()
-    if backend == "cpu" and rows > cols:
-        assert not bool((error <= bound).all())  # the known bug: remove this branch with fuse's fix
-        pytest.xfail(CPU_REUSES_NORMS_PAST_Y)
     assert bool((error <= bound).all()), f"worst entry {error.max().item()} (bound {bound})"
 
 
@@ -76,7 +68,4 @@ def test_mining_gives_the_exact_self_distance_where_the_rule_holds(device, backe
             bank[:5], labels[:5], candidates=bank[:num_candidates], candidate_labels=labels[:num_candidates],
             return_details=True)
     exact = torch.tensor(1e-12).sqrt().item()
-    if backend == "cpu":
-        assert not bool((details.dist_ap == exact).all())  # the known gap: remove this branch with fuse's fix
-        pytest.xfail(CPU_MINING_IGNORES_RULE)
     assert details.dist_ap.tolist() == [exact] * 5

@@ -96,7 +96,8 @@ WalkPlan plan_walk(const IsaKernels& isa, const Rows& x, const Rows& y, bool sam
     return std::min(round_up(plan.cols, plan.nr), std::max<int64_t>(plan.nr, bytes / (plan.depth * 4) / plan.nr * plan.nr));
   };
   plan.super_cols = columns_in(kPackedYBytes);
-  plan.reuse_norms = same_input && plan.x_norm_copies == 1 && plan.super_cols >= plan.cols;
+  // x a prefix of y (same_rows: row i of x is row i of y), never longer: y has no norms for x's extra rows.
+  plan.reuse_norms = same_input && plan.rows <= plan.cols && plan.x_norm_copies == 1 && plan.super_cols >= plan.cols;
   plan.block_cols = std::min(plan.super_cols, columns_in(blocking.l2_block_bytes));
   plan.diagonal_block = int64_t{plan.mr} / gcd(plan.mr, plan.nr) * plan.nr;  // a multiple of both MR and NR
   const int64_t tiles = (plan.rows + plan.mr - 1) / plan.mr;

@@ -138,10 +138,13 @@ void fused_batch_hard_mine(const ArrayView& anchors, const ArrayView& candidates
   dense_label_ids(anchor_labels.ptr<int64_t>(), rows, candidate_labels.ptr<int64_t>(), cols, isa.nr, ids_a, ids_c);
 
   // Symmetric (the batch against itself): half the product, each tile mirroring its update (WorkSplit).
-  const bool same_input = anchors.data == candidates.data && rows == cols && anchors.stride(0) == candidates.stride(0);
+  // The same-input rule of _arrays.same_rows: row i of the anchors is row i of the candidates (one may be a prefix
+  // of the other); its self pair is then exactly 0 apart, as in the distance kernels and on CUDA/Triton.
+  const bool same_input = anchors.data == candidates.data &&
+                          (std::min(rows, cols) <= 1 || anchors.stride(0) == candidates.stride(0));
   WorkSplit split = gemm::plan_split(isa, rows, cols);
   const int64_t* self_index = anchor_index.ptr<int64_t>();
-  bool symmetric = same_input && split.parts == 1 && std::equal(ids_a.begin(), ids_a.end(), ids_c.begin());
+  bool symmetric = same_input && rows == cols && split.parts == 1 && std::equal(ids_a.begin(), ids_a.end(), ids_c.begin());
   for (int64_t i = 0; symmetric && i < rows; ++i) symmetric = self_index[i] == i;
   split.symmetric = symmetric;
 

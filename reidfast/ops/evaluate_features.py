@@ -29,14 +29,11 @@ import numpy as np
 import torch
 
 from .. import _native
-from .._arrays import as_tensor, check_same_device, has_nonfinite
 from .._dispatch import Op, use_backend
-from ..reference import distance as reference_distance
 from ..reference import evaluate_features as reference
-from ..reference import evaluation as reference_evaluation
 from . import evaluation as _evaluation
 from .distance import _pairwise_distance_op, _unit_inner_stride, cpu_gemm_kernel
-from .evaluate_features_shard import Shard, join_shards
+from .evaluate_features_inputs import _Inputs, _validate
 from .evaluation.result import RankingResult, from_reference
 
 EVALUATE_FEATURES = Op("evaluate_features")
@@ -46,73 +43,6 @@ _DEVICE_BYTES_PER_DISTANCE = 48  # the torch backend per distance: the distance,
 CUHK03_HISTOGRAM_BYTES = 64 << 20  # per-identity histograms of one block of CUHK03 queries
 PAIR_ROWS = 256  # query rows per product for the match distances: fewer, larger calls (union ~7% of a Market pass)
 MIN_BLOCK_COLUMNS = 256
-
-
-# -------------------------------------------------------------------------------------------------------
-# Validated inputs.
-# -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Inputs:
-    query: torch.Tensor  # (Q, D) floating, one device with gallery
-    gallery: torch.Tensor  # (G, D)
-    labels: _evaluation._Labels  # int64 host labels, effective max_rank
-    metric: str
-    distance_dtype: torch.dtype  # float32, or float64 for float64 features
-    shard: "Shard | None" = None  # with group=: this rank's part of the gallery; labels are then global
-
-
-def _check_features(values: Any, name: str, allow_empty: bool = False) -> torch.Tensor:
-    tensor, _ = as_tensor(values, name)
-    tensor = tensor.detach()
-    if tensor.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D (num_rows, num_features) array, got shape {tuple(tensor.shape)}")
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {tensor.dtype}")
-    if (tensor.shape[0] == 0 and not allow_empty) or tensor.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least one row and one feature, got shape {tuple(tensor.shape)}")
-    if has_nonfinite(tensor):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name}: contains {bad} NaN/Inf value(s); distances must be comparable")
-    return tensor
-
-
-def _labels(values: Any, name: str, length: int, feats_name: str) -> torch.Tensor:
-    tensor, _ = as_tensor(values, name)
-    if tensor.dim() == 1 and tensor.shape[0] != length:
-        raise ValueError(f"{name}: expected length {length} (rows of {feats_name}), got {tensor.shape[0]}")
-    return _evaluation._label_vector(tensor, name, length, f"rows of {feats_name}")
-
-
-def _validate(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank, group) -> _Inputs:
-    if metric not in reference_distance.METRICS:
-        raise ValueError(f"metric: expected one of {reference_distance.METRICS}, got {metric!r}")
-    query = _check_features(query_feats, "query_feats")
-    gallery = _check_features(gallery_feats, "gallery_feats", allow_empty=group is not None)
-    check_same_device(query_feats=query, gallery_feats=gallery)
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"gallery_feats: expected {query.shape[1]} features per row to match query_feats, got shape {tuple(gallery.shape)}"
-        )
-    if query.dtype != gallery.dtype:
-        common = torch.promote_types(query.dtype, gallery.dtype)
-        query, gallery = query.to(common), gallery.to(common)
-    num_query, num_gallery = query.shape[0], gallery.shape[0]
-    labels = dict(
-        q_pids=_labels(q_pids, "q_pids", num_query, "query_feats"),
-        g_pids=_labels(g_pids, "g_pids", num_gallery, "gallery_feats"),
-        q_camids=_labels(q_camids, "q_camids", num_query, "query_feats"),
-        g_camids=_labels(g_camids, "g_camids", num_gallery, "gallery_feats"),
-    )
-    max_rank = _evaluation._check_positive_int("max_rank", max_rank)
-    shard = None
-    if group is not None:
-        shard, labels = join_shards(group, query, labels)
-        num_gallery = labels["g_pids"].shape[0]
-        if num_gallery == 0:
-            raise ValueError("gallery_feats: every rank's gallery shard is empty; expected at least one gallery row")
-    max_rank = reference_evaluation.cut_max_rank(max_rank, num_gallery)
-    distance_dtype = reference_distance.accumulation_dtype(query.dtype)
-    return _Inputs(query, gallery, _evaluation._Labels(max_rank=max_rank, **labels), metric, distance_dtype, shard)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -208,8 +138,8 @@ def _pivots(inputs: _Inputs, distances: Callable[[torch.Tensor, torch.Tensor], t
 
 def _raise_nan(count: int) -> None:
     raise ValueError(
-        f"query_feats, gallery_feats: {count} distance(s) are NaN (features too large for float32 arithmetic?); "
-        "distances must be comparable"
+        f"query_feats, gallery_feats: expected comparable distances, got {count} NaN distance(s) "
+        "(features too large for float32 arithmetic?)"
     )
 
 

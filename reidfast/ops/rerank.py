@@ -179,14 +179,14 @@ def _real_matrix(value: Any, name: str, what: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) and type(value).__module__.split(".")[0] != "cupy":
         value = np.asarray(value)
         if value.ndim != 2:
-            raise ValueError(f"{name} must be {what}, got shape {value.shape}")
+            raise ValueError(f"{name}: expected {what}, got shape {value.shape}")
         if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
-            raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
+            raise ValueError(f"{name}: expected real numbers, got dtype {value.dtype}")
     tensor = as_tensor(value, name)[0].detach()
     if tensor.dim() != 2:
-        raise ValueError(f"{name} must be {what}, got shape {tuple(tensor.shape)}")
+        raise ValueError(f"{name}: expected {what}, got shape {tuple(tensor.shape)}")
     if tensor.dtype == torch.bool or tensor.is_complex():
-        raise ValueError(f"{name} must hold real numbers, got dtype {str(tensor.dtype).removeprefix('torch.')}")
+        raise ValueError(f"{name}: expected real numbers, got dtype {str(tensor.dtype).removeprefix('torch.')}")
     return tensor
 
 
@@ -197,7 +197,7 @@ def _device_distances(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any) -> tuple[torc
         tensor = _real_matrix(value, name, "a 2-D distance matrix")
         tensor = tensor.to(torch.float64 if tensor.dtype == torch.float64 else torch.float32)
         if has_nonfinite(tensor):
-            raise ValueError(f"{name} contains NaN or Inf; re-ranking needs finite distances")
+            raise ValueError(f"{name}: expected finite values (re-ranking needs them), got NaN or Inf")
         tensors[name] = tensor
     check_same_device(**tensors)
     q_g, q_q, g_g = tensors["q_g_dist"], tensors["q_q_dist"], tensors["g_g_dist"]
@@ -212,7 +212,7 @@ def _device_features(value: Any, name: str) -> torch.Tensor:
     """check_rerank_features on the input's device: a contiguous float32 (N, D) tensor of finite numbers."""
     tensor = _real_matrix(value, name, "a 2-D (N, D) feature matrix").to(torch.float32).contiguous()
     if has_nonfinite(tensor):
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise ValueError(f"{name}: expected finite values, got NaN or Inf")
     return tensor
 
 
@@ -356,7 +356,7 @@ def re_ranking(
     the query rows' distances are computed twice (about Q / N more distance work).
     """
     if metric not in reference.RERANK_METRICS:
-        raise ValueError(f"metric must be one of {reference.RERANK_METRICS}, got {metric!r}")
+        raise ValueError(f"metric: expected one of {reference.RERANK_METRICS}, got {metric!r}")
     library = _library(query_features, "query_features")
     backend, implementation = RE_RANKING.select(_device_of(query_features))
     if backend in _DEVICE_RESIDENT:
@@ -370,8 +370,8 @@ def re_ranking(
         gallery = check_rerank_features(gallery_host, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(
-            "query_features and gallery_features must have the same feature dimension, "
-            f"got {query.shape[1]} and {gallery.shape[1]}"
+            f"gallery_features: expected the same feature dimension as query_features ({query.shape[1]}), "
+            f"got {gallery.shape[1]}"
         )
     k1, k2, lambda_value = check_rerank_parameters(k1, k2, lambda_value, query.shape[0] + gallery.shape[0])
     topk = _check_topk(topk, gallery.shape[0])

@@ -357,16 +357,16 @@ def topk_distance(
     """
     original_k = k
     if not isinstance(metric, str) or metric not in METRIC_CODES:
-        raise ValueError(f"metric must be one of {tuple(METRIC_CODES)}, got {metric!r}")
+        raise ValueError(f"metric: expected one of {tuple(METRIC_CODES)}, got {metric!r}")
     check_features("x", x)
     check_features("y", y)
     if y.dtype != x.dtype or y.device != x.device or y.shape[1] != x.shape[1]:
-        raise ValueError(f"y {tuple(y.shape)} {y.dtype} on {y.device} does not match "
-                         f"x {tuple(x.shape)} {x.dtype} on {x.device}")
+        raise ValueError(f"y: expected the dtype, device and feature dimension of x ({x.dtype} on {x.device}, "
+                         f"{x.shape[1]} features), got {y.dtype} on {y.device}, {y.shape[1]} features")
     num_rows, dim = x.shape
     num_cols = y.shape[0]
     if num_cols >= 2**31:
-        raise ValueError(f"y must have fewer than 2**31 rows, got {num_cols}")
+        raise ValueError(f"y: expected fewer than 2**31 rows, got {num_cols}")
     exclude_self = bool(exclude_self)
     limit = min(MAX_K, num_cols - int(exclude_self))
     try:
@@ -374,7 +374,7 @@ def topk_distance(
     except TypeError:
         k = None
     if k is None or not 1 <= k <= limit:
-        raise ValueError(f"k must be an integer in [1, {limit}] (MAX_K={MAX_K}, M={num_cols}, "
+        raise ValueError(f"k: expected an integer in [1, {limit}] (MAX_K={MAX_K}, M={num_cols}, "
                          f"exclude_self={exclude_self}), got {original_k!r}")
 
     fp64 = x.dtype == torch.float64
