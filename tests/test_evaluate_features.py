@@ -37,10 +37,12 @@ def quiet(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def expected(query, gallery, q_pids, g_pids, q_camids, g_camids, metric="euclidean", **kwargs):
-    """What evaluate_features must equal: rf.evaluate on rf.pairwise_distance, default backends."""
-    distmat = reidfast.pairwise_distance(query, gallery, metric)
-    return quiet(reidfast.evaluate, distmat, q_pids, g_pids, q_camids, g_camids, **kwargs)
+def expected(query, gallery, q_pids, g_pids, q_camids, g_camids, metric="euclidean", backend=None, **kwargs):
+    """What evaluate_features must equal: rf.evaluate on rf.pairwise_distance (on `backend`'s distance kernel,
+    default backends without one): the floats a fused counting kernel must rank."""
+    with reidfast.use_backend(backend):
+        distmat = reidfast.pairwise_distance(query, gallery, metric)
+    return quiet(reidfast.evaluate, distmat.cpu(), q_pids, g_pids, q_camids, g_camids, **kwargs)
 
 
 def features(backend, *args, **kwargs):

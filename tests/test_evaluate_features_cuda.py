@@ -13,7 +13,7 @@ from reidfast import _native
 from reidfast.reference import evaluate_features as reference
 
 from conftest import device_backend_params
-from test_evaluate_features import assert_same, make_problem, quiet, random_pivots
+from test_evaluate_features import assert_same, expected, make_problem, quiet, random_pivots
 
 CUDA = device_backend_params(("cuda",))  # cpu-cuda (the emulator) or cuda-cuda (a card), else skipped
 SCHEDULES = [("reverse", 0), ("shuffle", 1)]
@@ -24,11 +24,9 @@ def to(device, problem):
     return (query.to(device), gallery.to(device), *labels)
 
 
-def cuda_expected(query, gallery, q_pids, g_pids, q_camids, g_camids, metric="euclidean", **kwargs):
+def cuda_expected(*problem, **kwargs):
     """rf.evaluate on the cuda backend's distance matrix: the floats the fused kernel must rank."""
-    with reidfast.use_backend("cuda"):
-        distmat = reidfast.pairwise_distance(query, gallery, metric)
-    return quiet(reidfast.evaluate, distmat.cpu(), q_pids, g_pids, q_camids, g_camids, **kwargs)
+    return expected(*problem, backend="cuda", **kwargs)
 
 
 def cuda_features(*args, **kwargs):

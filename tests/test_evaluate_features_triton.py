@@ -17,7 +17,7 @@ from reidfast.reference import evaluate_features as reference  # noqa: E402
 from reidfast.reference import distance as reference_distance  # noqa: E402
 
 from conftest import TRITON_TEST_DEVICE  # noqa: E402
-from test_evaluate_features import assert_same, features, make_problem, quiet, random_pivots  # noqa: E402
+from test_evaluate_features import assert_same, expected, features, make_problem, quiet, random_pivots  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -31,11 +31,9 @@ def on_device(problem):
     return (query.to(DEVICE), gallery.to(DEVICE), *labels)
 
 
-def expected(query, gallery, q_pids, g_pids, q_camids, g_camids, metric="euclidean", **kwargs):
+def triton_expected(*problem, **kwargs):
     """rf.evaluate on the triton backend's rf.pairwise_distance: the matrix the triton pass never holds."""
-    with reidfast.use_backend("triton"):
-        distmat = reidfast.pairwise_distance(query, gallery, metric)
-    return quiet(reidfast.evaluate, distmat.cpu(), q_pids, g_pids, q_camids, g_camids, **kwargs)
+    return expected(*problem, backend="triton", **kwargs)
 
 
 def triton_features(*problem, **kwargs):
@@ -52,7 +50,7 @@ def test_equals_evaluate_of_triton_pairwise_distance(metric, protocol, integer):
     (chunk_size 97 is no multiple of the 64-column tile)."""
     rng = np.random.default_rng(sum(map(ord, metric + protocol)) + integer)
     problem = on_device(make_problem(rng, 40, 300, 12, 20, integer=integer))
-    want = expected(*problem, metric=metric, protocol=protocol, max_rank=20)
+    want = triton_expected(*problem, metric=metric, protocol=protocol, max_rank=20)
     for chunk_size in (None, 97):
         assert_same(triton_features(*problem, metric=metric, protocol=protocol, max_rank=20, chunk_size=chunk_size), want)
 
@@ -76,7 +74,7 @@ def duplicated_matches_problem(rng):
 def test_copies_of_matches_tie_them_exactly(metric):
     problem = on_device(duplicated_matches_problem(np.random.default_rng(1)))
     for protocol in ("market1501", "cuhk03"):
-        want = expected(*problem, metric=metric, protocol=protocol)
+        want = triton_expected(*problem, metric=metric, protocol=protocol)
         assert_same(triton_features(*problem, metric=metric, protocol=protocol, chunk_size=70), want)
 
 
@@ -94,7 +92,7 @@ def test_equals_reference_on_exact_distances():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes(dtype):
     problem = on_device(make_problem(np.random.default_rng(3), 30, 200, 16, 15, dtype=dtype))
-    assert_same(triton_features(*problem, chunk_size=64), expected(*problem))
+    assert_same(triton_features(*problem, chunk_size=64), triton_expected(*problem))
 
 
 def test_skipped_queries_and_queries_without_matches():
@@ -107,7 +105,7 @@ def test_skipped_queries_and_queries_without_matches():
     with reidfast.use_backend("triton"), pytest.warns(UserWarning, match=r"\b\d+ of 20 queries have no valid gallery match"):
         result = reidfast.evaluate_features(*problem)
     assert result.num_skipped_queries >= 4
-    assert_same(result, expected(*problem))
+    assert_same(result, triton_expected(*problem))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")

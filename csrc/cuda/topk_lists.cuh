@@ -18,12 +18,12 @@
 
 #include <cstdint>
 
+#include "warp.cuh"
+
 namespace reidfast {
 namespace cuda {
 namespace topk {
 
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kPending = 64;  // unsorted candidates a row may hold between merges
 
 static_assert(kPending == 2 * kWarp, "merge_pending sorts the pending buffer with two entries per lane");

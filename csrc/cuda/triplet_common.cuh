@@ -1,18 +1,15 @@
-// What the batch-hard mining (triplet_mine.cu) and its backward (triplet_backward.cu) share: warp constants
-// and the check of the small per-anchor vectors.
+// What the batch-hard mining (triplet_mine.cu) and its backward (triplet_backward.cu) share: the check of the small per-anchor vectors.
 #pragma once
 
 #include <cstdint>
 
 #include "../common/array.h"
 #include "host_utils.h"
+#include "warp.cuh"
 
 namespace reidfast {
 namespace cuda {
 namespace triplet {
-
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
 
 // A contiguous CUDA vector on the anchors' device.
 inline void check_vector(const ArrayView& a, const char* name, int64_t length, DType dtype, int device) {
