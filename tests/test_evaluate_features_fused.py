@@ -221,6 +221,31 @@ def test_evaluate_features_fused_equals_two_step(metric, protocol, monkeypatch):
         assert (result.mAP, result.mINP, result.num_valid_queries) == (want.mAP, want.mINP, want.num_valid_queries)
 
 
+@pytest.mark.skipif(not NATIVE or not fused_cpu_kernels(), reason="no fused micro-kernel")
+def test_automatic_choice_counts_in_the_tile_only_while_few_items_precede_the_farthest_match(monkeypatch):
+    """fused_counting None: the fraction of sampled gallery items at or before each row's farthest match picks
+    fused (below FUSED_MAX_SURVIVORS) or two-pass counting; a forced value wins."""
+    generator = torch.Generator().manual_seed(0)
+    num_gallery = 8 * evaluate_features_op.SURVIVOR_SAMPLE
+    query, gallery = torch.randn(6, 8, generator=generator), torch.randn(num_gallery, 8, generator=generator)
+    labels = np.arange(6), np.full(num_gallery, -1), np.zeros(6, np.int64), np.ones(num_gallery, np.int64)
+    inputs = evaluate_features_op._validate(query, gallery, *labels, "euclidean", 10, None)
+    host = evaluate_features_op._HostPass(inputs)
+    offsets = np.arange(7, dtype=np.int64)  # one pivot per row
+    distances = host.distances(query, gallery).numpy()
+    for quantile, fused in ((0.01, True), (0.5, False)):
+        farthest = np.quantile(distances, quantile, axis=1).astype(np.float32)
+        assert host._counts_in_tile(query, offsets, farthest) is fused
+        for forced in (True, False):
+            monkeypatch.setattr(evaluate_features_op._HostPass, "fused_counting", forced)
+            assert host._counts_in_tile(query, offsets, farthest) is forced
+        monkeypatch.setattr(evaluate_features_op._HostPass, "fused_counting", None)
+    small = evaluate_features_op._HostPass(evaluate_features_op._validate(query, gallery[:100], *labels[:1],
+                                                                          labels[1][:100], labels[2], labels[3][:100],
+                                                                          "euclidean", 10, None))
+    assert small._counts_in_tile(query, offsets, np.full(6, np.inf, np.float32))  # small galleries: fused
+
+
 _THREADS_SCRIPT = """
 import os, sys, numpy as np, torch
 from test_evaluate_features_fused import threads_problem, fused_count

@@ -11,8 +11,9 @@ Method:
      sorted by (distance, gallery index);
   2. one blockwise pass over the gallery: per query, a histogram of the gallery items of other identities
      over the slots between consecutive matches, counted inside the fused kernel's distance tile
-     (csrc/cpu/gemm_rank_count.cpp: a vector compare drops the items behind the farthest match; BLAS path:
-     a block of distances, then csrc/cpu/rank_count.cpp; junk and the other matches are never counted);
+     (csrc/cpu/gemm_rank_count.cpp: a vector compare drops the items behind the farthest match) while few
+     items rank before it (a sample decides, _HostPass._counts_in_tile), else (and on the BLAS path) from a
+     block of distances by csrc/cpu/rank_count.cpp; junk and the other matches are never counted;
   3. the histogram's prefix sum at match j, plus j, is the match's 0-based rank among the kept items, from
      which AP, INP and the CMC follow in the reference's float64 arithmetic (ops/evaluation.py).
 CUHK03 adds one pass per block of queries with a histogram per gallery identity at the sampled matches.
@@ -43,6 +44,8 @@ _DEVICE_BYTES_PER_DISTANCE = 48  # the torch backend per distance: the distance,
 CUHK03_HISTOGRAM_BYTES = 64 << 20  # per-identity histograms of one block of CUHK03 queries
 PAIR_ROWS = 256  # query rows per product for the match distances: fewer, larger calls (union ~7% of a Market pass)
 MIN_BLOCK_COLUMNS = 256
+SURVIVOR_SAMPLE = 256  # gallery items whose distances choose between fused and two-pass counting (cpu)
+FUSED_MAX_SURVIVORS = 0.04  # fused counting while fewer items than this rank before their row's farthest match
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -168,7 +171,9 @@ class _HostPass:
     pairwise_distance's cpu backend) into one reused block buffer, then the native counting kernel."""
 
     name = "cpu"
-    fused_counting = True  # False: the fused kernel's distances into the block buffer, then counted (tests compare)
+    # None: chosen per call from a sample of the gallery (_counts_in_tile); True / False force the fused / two-pass
+    # counting (tests compare them, the benchmarks time both).
+    fused_counting: bool | None = None
 
     def __init__(self, inputs: _Inputs) -> None:
         self.inputs = inputs
@@ -197,6 +202,25 @@ class _HostPass:
         _native._C.distance_epilogue_cpu(view(out), view(query_norms), view(gallery_norms), self.metric_code, -1)
         return out
 
+    def _counts_in_tile(self, query: torch.Tensor, pivot_offsets: np.ndarray, pivot_distance: np.ndarray) -> bool:
+        """Whether to count in the distance tile. The fused kernel places every item that ranks before its row's
+        farthest match inside the tile, by a scalar binary search, while the two-pass kernel places them in a
+        vectorised second pass: fused wins while such items are few. Measured on the 2-core Zen 3 (G = 100k and
+        Market + 500k, d256): with 0.7-2.6 % of the items before the farthest match (mAP 0.53-0.77) fused was
+        1.5-3 % faster, with 6.6 % (mAP 0.2-0.3) 7-8 % slower. So: that fraction in SURVIVOR_SAMPLE evenly
+        spread gallery items (~10 ms at Q 3,368, d256), fused below FUSED_MAX_SURVIVORS."""
+        if self.fused_counting is not None:
+            return bool(self.fused_counting)
+        num_gallery, counts = self.gallery.shape[0], np.diff(pivot_offsets)
+        if num_gallery < 8 * SURVIVOR_SAMPLE or not counts.any():
+            return True  # a small gallery: either is quick, and fused stores nothing
+        farthest = np.full(counts.size, -np.inf, dtype=pivot_distance.dtype)
+        farthest[counts > 0] = pivot_distance[pivot_offsets[1:][counts > 0] - 1]
+        columns = torch.linspace(0, num_gallery - 1, SURVIVOR_SAMPLE).round().long()
+        sample = self.distances(query, self.gallery[columns])
+        before = int((sample <= torch.from_numpy(farthest).to(sample.dtype)[:, None]).sum())
+        return before < FUSED_MAX_SURVIVORS * sample.numel()
+
     def histogram(self, rows: np.ndarray, pivot_offsets: np.ndarray, pivot_distance: np.ndarray,
                   pivot_index: np.ndarray, groups: torch.Tensor | None, num_groups: int, chunk_size: int | None,
                   progress: bool) -> np.ndarray:
@@ -204,7 +228,7 @@ class _HostPass:
         query = _take_rows(self.query, rows) if rows.size < self.query.shape[0] else self.query
         query_norms = None if self.kernel is not None else self.query_norms[torch.from_numpy(rows)]
         num_gallery = self.gallery.shape[0]
-        fused = self.kernel is not None and self.fused_counting
+        fused = self.kernel is not None and self._counts_in_tile(query, pivot_offsets, pivot_distance)
         # Fused: no distances stored, so blocks of about BLOCK_BYTES of gallery rows packed as float32 per call.
         per_column = (1, 4 * self.gallery.shape[1]) if fused else (rows.size, self.inputs.distance_dtype.itemsize)
         block = _block_columns(chunk_size, *per_column, BLOCK_BYTES)
