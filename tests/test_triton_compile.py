@@ -55,19 +55,19 @@ for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("fp16", "ieee"), (
     compile_kernel("distance_" + tag, distance._pairwise_distance_kernel,
                    {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, "out_ptr": "*fp32",
                     **ints("n", "m", "dim", "x_row_stride", "y_row_stride")},
-                   dict(METRIC=0, SAME_INPUT=False, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False,
+                   dict(METRIC=0, SAME_INPUT=False, FP64=False, INPUT_PRECISION=precision,
                         BLOCK_N=64, BLOCK_M=64, BLOCK_D=32))
     compile_kernel("topk_" + tag, topk._topk_distance_kernel,
                    {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, "values_ptr": "*fp32", "indices_ptr": "*i64",
                     **ints("n", "m", "dim", "k", "x_row_stride", "y_row_stride", "tune_n", "tune_m", "tune_dim")},
                    dict(METRIC=2, SAME_INPUT=True, EXCLUDE_SELF=True, FP64=False, INPUT_PRECISION=precision,
-                        UPCAST_DOT=False, SWAP_BY_PERMUTE=False, K_PAD=32, BLOCK_N=32, BLOCK_M=64, BLOCK_D=32))
+                        SWAP_BY_PERMUTE=False, K_PAD=32, BLOCK_N=32, BLOCK_M=64, BLOCK_D=32))
     compile_kernel("rankcount_" + tag, rank_count._rank_count_kernel,
                    {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, **ints("n", "m", "dim", "x_row_stride", "y_row_stride", "col0"),
                     "offsets_ptr": "*i64", "pivot_distance_ptr": "*fp32", "pivot_index_ptr": "*i32",
                     "row_labels_ptr": "*i64", "item_labels_ptr": "*i64", "groups_ptr": "*i64", "histogram_ptr": "*i64",
                     "nan_count_ptr": "*i64", **ints("num_groups", "search_steps")},
-                   dict(METRIC=0, HAS_GROUPS=True, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False,
+                   dict(METRIC=0, HAS_GROUPS=True, FP64=False, INPUT_PRECISION=precision,
                         BLOCK_N=64, BLOCK_M=64, BLOCK_D=32))
     compile_kernel("mine_" + tag, triplet._batch_hard_mine_kernel,
                    {"anchors_ptr": "*" + dtype, "candidates_ptr": "*" + dtype, "anchor_labels_ptr": "*i64",
@@ -221,7 +221,7 @@ def measure(job):
     from reidfast.kernels.triton import topk, triplet
     ints = lambda *names: {name: "i32" for name in names}
     dtype, precision = job["dtype"], job["precision"]
-    common = dict(METRIC=0, FP64=False, INPUT_PRECISION=precision, UPCAST_DOT=False, **job["blocks"])
+    common = dict(METRIC=0, FP64=False, INPUT_PRECISION=precision, **job["blocks"])
     if job["kernel"] == "rankcount":
         from reidfast.kernels.triton import rank_count
         kernel = rank_count._rank_count_kernel
@@ -242,7 +242,7 @@ def measure(job):
                      "dist_an_ptr": "*fp32", "positive_index_ptr": "*i64", "negative_index_ptr": "*i64",
                      **ints("num_anchors", "num_candidates", "dim", "anchor_row_stride", "candidate_row_stride",
                             "tune_anchors", "tune_candidates", "tune_dim")}
-        constants = dict(common, SAME_INPUT=False)
+        constants = dict(common, SAME_INPUT=False, UPCAST_DOT=False)
     signature = dict(signature, **{name: "constexpr" for name in constants})
     compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=job["num_warps"], num_stages=job["num_stages"]))

@@ -37,7 +37,7 @@ _INTERPRETED = tl.constexpr(not isinstance(correctly_rounded_sqrt, JITFunction))
 @triton.jit
 def dot_and_norms(
     x_ptr, y_ptr, x_offsets, y_offsets, row_ok, col_ok, dim,
-    FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, WITH_X_NORM: tl.constexpr,
+    FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr, WITH_X_NORM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """acc (BLOCK_N, BLOCK_M) = x . y over D in BLOCK_D chunks, y's squared norms (BLOCK_M,) and, when
@@ -60,8 +60,6 @@ def dot_and_norms(
         y_norm += tl.sum(y_wide * y_wide, axis=1)
         if FP64 or _INTERPRETED:
             acc += tl.sum(x_wide[:, None, :] * y_wide[None, :, :], axis=2)
-        elif UPCAST_DOT:
-            acc = tl.dot(x_wide, tl.trans(y_wide), acc, input_precision="ieee")
         else:
             acc = tl.dot(x_tile, tl.trans(y_tile), acc, input_precision=INPUT_PRECISION)
     return acc, x_norm, y_norm
@@ -104,27 +102,27 @@ def distance_from_dot(acc, x_norm, y_norm, rows, cols, METRIC: tl.constexpr, SAM
 def distance_tile(
     x_ptr, y_ptr, rows, cols, n, m, dim, x_row_stride, y_row_stride,
     METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """The (BLOCK_N, BLOCK_M) distances of x rows `rows` to y rows `cols` (masked rows/columns: garbage)."""
     # int64 offsets: row * stride passes 2**31 on large inputs.
     x_offsets = rows.to(tl.int64) * x_row_stride
     y_offsets = cols.to(tl.int64) * y_row_stride
     acc, x_norm, y_norm = dot_and_norms(x_ptr, y_ptr, x_offsets, y_offsets, rows < n, cols < m, dim,
-                                        FP64, INPUT_PRECISION, UPCAST_DOT, True, BLOCK_D)
+                                        FP64, INPUT_PRECISION, True, BLOCK_D)
     return distance_from_dot(acc, x_norm, y_norm, rows, cols, METRIC, SAME_INPUT, FP64)
 
 
 @triton.jit
 def _pairwise_distance_kernel(
     x_ptr, y_ptr, out_ptr, n, m, dim, x_row_stride, y_row_stride,
-    METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     dist = distance_tile(x_ptr, y_ptr, rows, cols, n, m, dim, x_row_stride, y_row_stride,
-                         METRIC, SAME_INPUT, FP64, INPUT_PRECISION, UPCAST_DOT, BLOCK_D)
+                         METRIC, SAME_INPUT, FP64, INPUT_PRECISION, BLOCK_D)
     # int64: row * m passes 2**31 on a 46,341 x 46,341 output
     out_offsets = rows.to(tl.int64)[:, None] * m + cols[None, :]
     tl.store(out_ptr + out_offsets, dist.to(out_ptr.dtype.element_ty), mask=(rows < n)[:, None] & (cols < m)[None, :])
@@ -137,7 +135,6 @@ class TileOptions:
 
     fp64: bool
     input_precision: str  # tl.dot's: "tf32" for float32 under allow_tf32, else "ieee"
-    upcast_dot: bool
     block_n: int
     block_m: int
     block_d: int
@@ -151,7 +148,7 @@ class TileOptions:
 
     def constants(self) -> dict:
         """The kernel's constexpr arguments and launch options."""
-        return dict(FP64=self.fp64, INPUT_PRECISION=self.input_precision, UPCAST_DOT=self.upcast_dot,
+        return dict(FP64=self.fp64, INPUT_PRECISION=self.input_precision,
                     BLOCK_N=self.block_n, BLOCK_M=self.block_m, BLOCK_D=self.block_d, num_warps=self.num_warps,
                     num_stages=self.num_stages)
 
@@ -160,11 +157,8 @@ def tile_options(x: torch.Tensor) -> TileOptions:
     """pairwise_distance's launch options for inputs like x (dtype, device, allow_tf32 read now)."""
     fp64 = x.dtype == torch.float64
     precision = "tf32" if (x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
-    # The interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles wrongly; the products of bfloat16 values
-    # are exact in float32, so upcasting first gives the same result.
-    upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
     blocks = (16, 16, 16) if fp64 else (64, 64, 32)
-    return TileOptions(fp64, precision, upcast_dot, *blocks)
+    return TileOptions(fp64, precision, *blocks)
 
 
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:

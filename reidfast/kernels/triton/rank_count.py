@@ -62,7 +62,7 @@ def _rank_count_kernel(
     offsets_ptr, pivot_distance_ptr, pivot_index_ptr, row_labels_ptr, item_labels_ptr, groups_ptr,
     histogram_ptr, nan_count_ptr, num_groups, search_steps,
     METRIC: tl.constexpr, HAS_GROUPS: tl.constexpr, FP64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -70,7 +70,7 @@ def _rank_count_kernel(
     col_ok = cols < m
     # SAME_INPUT off: a query's distance to itself is junk (its pid, its camera), never counted
     dist = distance_tile(x_ptr, y_ptr, rows, cols, n, m, dim, x_row_stride, y_row_stride,
-                         METRIC, False, FP64, INPUT_PRECISION, UPCAST_DOT, BLOCK_D)
+                         METRIC, False, FP64, INPUT_PRECISION, BLOCK_D)
     valid = row_ok[:, None] & col_ok[None, :]
     num_nan = tl.sum((valid & (dist != dist)).to(tl.int32))
     if num_nan > 0:

@@ -251,7 +251,7 @@ def _topk_distance_kernel(
     x_ptr, y_ptr, values_ptr, indices_ptr, n, m, dim, k, x_row_stride, y_row_stride,
     tune_n, tune_m, tune_dim,  # unused by the kernel: the autotuning key (common.tuning_bucket of n, m, dim)
     METRIC: tl.constexpr, SAME_INPUT: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP64: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr, K_PAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, SWAP_BY_PERMUTE: tl.constexpr, K_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -266,7 +266,7 @@ def _topk_distance_kernel(
         cols = column_start + tl.arange(0, BLOCK_M)
         col_ok = cols < m
         acc, _, y_norm = dot_and_norms(x_ptr, y_ptr, x_offsets, cols.to(tl.int64) * y_row_stride, row_ok, col_ok,
-                                       dim, FP64, INPUT_PRECISION, UPCAST_DOT, False, BLOCK_D)
+                                       dim, FP64, INPUT_PRECISION, False, BLOCK_D)
         # score: the distance itself, so equal float32 distances tie exactly as the reference's do
         score = distance_from_dot(acc, x_norm, y_norm, rows, cols, METRIC, SAME_INPUT, FP64)
         score = tl.where(score == 0.0, 0.0, score)  # -0 -> +0: equal scores must give equal keys
@@ -385,13 +385,11 @@ def topk_distance(
 
     k_pad = triton.next_power_of_2(k)
     precision = "tf32" if (x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
-    # The interpreter multiplies bfloat16 tiles wrongly; products of bfloat16 values are exact in float32.
-    upcast_dot = x.dtype == torch.bfloat16 and not x.is_cuda
     same_input = same_rows(x, y)
     arguments = (values, indices, num_rows, num_cols, dim, k, x.stride(0), y.stride(0),
                  tuning_bucket(num_rows), tuning_bucket(num_cols), tuning_bucket(dim))
     flags = dict(METRIC=METRIC_CODES[metric], SAME_INPUT=same_input, EXCLUDE_SELF=exclude_self, FP64=fp64,
-                 INPUT_PRECISION=precision, UPCAST_DOT=upcast_dot, SWAP_BY_PERMUTE=_SWAP_BY_PERMUTE, K_PAD=k_pad)
+                 INPUT_PRECISION=precision, SWAP_BY_PERMUTE=_SWAP_BY_PERMUTE, K_PAD=k_pad)
     if not _COMPILED or fp64:
         blocks = _interpreter_blocks(k_pad) if not _COMPILED else _fp64_blocks(k_pad)
         grid = (triton.cdiv(num_rows, blocks["BLOCK_N"]),)
